@@ -1,0 +1,110 @@
+"""Time of one collective on a tiered fabric: the one formula benchmarks are fitted to.
+
+    time_s = steps(collective, n) * latency_s + size_bytes * bus_factor(n) / busbw
+
+(the alpha-beta model in nccl-tests' busbw convention: doc/PERFORMANCE.md defines busbw so
+that it is independent of n for ring algorithms; Thakur, Rabenseifner & Gropp 2005 give the
+step counts). All arguments may be numpy arrays; they broadcast.
+
+Where a group lands on the topology matters. A group of `group_size` ranks with
+`ranks_per_node` of them on each node either stays inside one node (tier 0, NVLink) or spans
+nodes. A spanning group moves its bytes through the network tier that holds all its nodes;
+the node's network bandwidth (gpus_per_node x the tier's per-GPU bandwidth) is shared by the
+groups running on that node at the same time (`groups_per_node`, by default every GPU of the
+node is busy: gpus_per_node / ranks_per_node groups), and divided by the tier's
+oversubscription. Inside the node the group is capped by the NVLink bus bandwidth.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bench.records import Collective
+from cost_models.specs import ClusterSpec
+
+_RING_STEP_FACTOR = {  # ring steps per rank, as multiples of (n - 1)
+    Collective.ALL_REDUCE: 2.0,
+    Collective.ALL_GATHER: 1.0,
+    Collective.REDUCE_SCATTER: 1.0,
+    Collective.ALL_TO_ALL: 1.0,
+    Collective.BROADCAST: 1.0,
+}
+
+
+def bus_factor(collective: Collective, n: np.ndarray) -> np.ndarray:
+    """nccl-tests doc/PERFORMANCE.md bus factor, vectorized (send/recv and broadcast: 1)."""
+    n = np.asarray(n, dtype=float)
+    if collective == Collective.ALL_REDUCE:
+        return 2.0 * (n - 1.0) / n
+    if collective in (Collective.SEND_RECV, Collective.BROADCAST):
+        return np.ones_like(n)
+    return (n - 1.0) / n
+
+
+def outer_tier_index(cluster: ClusterSpec, nodes: np.ndarray) -> np.ndarray:
+    """Index of the innermost tier whose domain holds `nodes` whole nodes (0: one node)."""
+    nodes = np.asarray(nodes, dtype=float)
+    index = np.zeros(nodes.shape, dtype=int)
+    gpn = cluster.gpus_per_node
+    for i in range(len(cluster.tiers) - 1, 0, -1):
+        domain = cluster.tiers[i - 1].domain_gpus
+        index = np.where((nodes > 1) & (nodes * gpn > domain) if i > 1 else nodes > 1,
+                         np.maximum(index, i), index)
+    return index
+
+
+def _tier_arrays(cluster: ClusterSpec, collective: Collective, tier: np.ndarray):
+    links = [t.link(collective.value) for t in cluster.tiers]
+    latency = np.array([lat for lat, _ in links])[tier]
+    bandwidth = np.array([bw for _, bw in links])[tier]
+    oversub = np.array([t.oversubscription for t in cluster.tiers])[tier]
+    return latency, bandwidth, oversub
+
+
+def collective_time_s(collective: Collective, size_bytes, group_size, ranks_per_node,
+                      cluster: ClusterSpec, groups_per_node=None) -> np.ndarray:
+    """Seconds for one `collective` of `size_bytes` (nccl-tests size) over `group_size` ranks.
+
+    `ranks_per_node`: members of the group on each node it touches (<= gpus_per_node).
+    `groups_per_node`: groups sharing a node's network at once (default: all GPUs busy).
+    A group of one rank costs nothing.
+    """
+    n = np.maximum(np.asarray(group_size, dtype=float), 1.0)
+    k = np.clip(np.asarray(ranks_per_node, dtype=float), 1.0, n)
+    size = np.asarray(size_bytes, dtype=float)
+    gpn = float(cluster.gpus_per_node)
+    nodes = np.ceil(n / k)
+    tier = outer_tier_index(cluster, nodes)
+    lat_out, bw_out, oversub = _tier_arrays(cluster, collective, tier)
+    lat_in, bw_in = cluster.tiers[0].link(collective.value)
+    if groups_per_node is None:
+        groups_per_node = gpn / k
+    node_net_bw = gpn * bw_out / (np.asarray(groups_per_node, dtype=float) * oversub)
+    spans = nodes > 1
+    if collective == Collective.ALL_TO_ALL:
+        # (n-k)/n of each rank's bytes leave the node, (k-1)/n stay on NVLink.
+        net_time = size * (n - k) / n / (node_net_bw / k)
+        nvl_time = size * (k - 1) / n / bw_in
+        bw_time = np.where(spans, np.maximum(net_time, nvl_time), size * (n - 1) / n / bw_in)
+    elif collective in (Collective.SEND_RECV, Collective.BROADCAST):
+        bw_time = size / np.where(spans, np.minimum(bw_in, node_net_bw), bw_in)
+    else:
+        busbw = np.where(spans, np.minimum(bw_in, node_net_bw), bw_in)
+        bw_time = size * bus_factor(collective, n) / busbw
+    latency = latency_steps(collective, n, k) * np.where(spans, lat_out, lat_in)
+    return np.where(n > 1, latency + bw_time, 0.0)
+
+
+def latency_steps(collective: Collective, n: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """Latency-bound steps: ring (n-1) multiples, all-reduce min(ring, double binary tree).
+
+    Tree (NCCL 2.4, "Massively Scale Your Deep Learning Training with NCCL 2.4"): up and
+    down a binary tree across nodes plus the chain inside a node, 2*((k-1) + log2(nodes)).
+    """
+    if collective == Collective.SEND_RECV:
+        return np.ones_like(np.asarray(n, dtype=float))
+    ring = _RING_STEP_FACTOR[collective] * (n - 1.0)
+    if collective != Collective.ALL_REDUCE:
+        return ring
+    tree = 2.0 * ((k - 1.0) + np.log2(np.maximum(n / k, 1.0)))
+    return np.minimum(ring, tree)

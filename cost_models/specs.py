@@ -1,0 +1,298 @@
+"""Specs: the vocabulary every stage speaks (model, cluster, plan, estimate).
+
+Frozen, keyword-only dataclasses validated on construction. A bad value raises `SpecError`
+(a `ValueError`) whose message names the field, the value and what is allowed, so the CLI can
+print it as the one line a user sees. Standard library only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class SpecError(ValueError):
+    """A spec field holds a value the tool cannot use; the message says which and why."""
+
+
+class Mlp(StrEnum):
+    GELU = "gelu"
+    SWIGLU = "swiglu"
+    RELU2 = "relu2"
+    RELU = "relu"
+
+
+class Precision(StrEnum):
+    FP16 = "fp16"
+    BF16 = "bf16"
+    FP8 = "fp8"
+
+
+class Recompute(StrEnum):
+    NONE = "none"
+    SELECTIVE = "selective"
+    FULL = "full"
+
+
+# Parallel axes that occupy distinct GPUs; ep is carved out of tp*cp*dp (Megatron-Core MoE).
+AXES = ("tp", "cp", "dp", "pp")
+DEFAULT_ORDER = "tp-cp-dp-pp"  # innermost first: TP inside the NVLink domain, PP outermost
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise SpecError(message)
+
+
+def _positive(owner: str, **values: float) -> None:
+    for name, value in values.items():
+        _require(value > 0, f"{owner}.{name}={value!r} must be > 0")
+
+
+def _enum(owner: str, name: str, value: object, kind: type[StrEnum]) -> StrEnum:
+    try:
+        return kind(value)
+    except ValueError:
+        allowed = ", ".join(m.value for m in kind)
+        raise SpecError(f"{owner}.{name}={value!r} is not one of: {allowed}") from None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelSpec:
+    """A decoder-only transformer. MoE fields stay at their defaults for dense models."""
+
+    name: str
+    num_layers: int
+    hidden_size: int
+    ffn_hidden_size: int  # dense-layer FFN width
+    num_heads: int
+    num_kv_heads: int  # == num_heads for MHA, 1 for MQA, in between for GQA
+    head_dim: int = 0  # 0: hidden_size // num_heads
+    seq_len: int
+    vocab_size: int
+    mlp: Mlp = Mlp.GELU
+    tied_embeddings: bool = False
+    num_experts: int = 1  # 1: dense
+    moe_topk: int = 0
+    moe_ffn_hidden_size: int = 0  # per-expert FFN width
+    moe_shared_ffn_hidden_size: int = 0  # shared-expert FFN width, 0: none
+    moe_layer_freq: float = 0.0  # fraction of layers that are MoE
+
+    def __post_init__(self) -> None:
+        owner = f"model {self.name!r}"
+        object.__setattr__(self, "mlp", _enum(owner, "mlp", self.mlp, Mlp))
+        _positive(owner, num_layers=self.num_layers, hidden_size=self.hidden_size,
+                  ffn_hidden_size=self.ffn_hidden_size, num_heads=self.num_heads,
+                  num_kv_heads=self.num_kv_heads, seq_len=self.seq_len,
+                  vocab_size=self.vocab_size, num_experts=self.num_experts)
+        if self.head_dim == 0:
+            _require(self.hidden_size % self.num_heads == 0,
+                     f"{owner}.hidden_size={self.hidden_size} is not divisible by "
+                     f"num_heads={self.num_heads}; set head_dim explicitly")
+            object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
+        _positive(owner, head_dim=self.head_dim)
+        _require(self.num_heads % self.num_kv_heads == 0,
+                 f"{owner}.num_heads={self.num_heads} must be a multiple of "
+                 f"num_kv_heads={self.num_kv_heads}")
+        self._check_moe(owner)
+
+    def _check_moe(self, owner: str) -> None:
+        if self.num_experts == 1:
+            _require(self.moe_layer_freq == 0.0 and self.moe_topk == 0,
+                     f"{owner}: moe_topk/moe_layer_freq need num_experts > 1")
+            return
+        _require(1 <= self.moe_topk <= self.num_experts,
+                 f"{owner}.moe_topk={self.moe_topk} must be in 1..num_experts={self.num_experts}")
+        _require(0.0 < self.moe_layer_freq <= 1.0,
+                 f"{owner}.moe_layer_freq={self.moe_layer_freq} must be in (0, 1]")
+        _positive(owner, moe_ffn_hidden_size=self.moe_ffn_hidden_size)
+        _require(self.moe_shared_ffn_hidden_size >= 0,
+                 f"{owner}.moe_shared_ffn_hidden_size must be >= 0")
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 1
+
+    @property
+    def num_moe_layers(self) -> int:
+        return round(self.num_layers * self.moe_layer_freq) if self.is_moe else 0
+
+    @property
+    def num_dense_layers(self) -> int:
+        return self.num_layers - self.num_moe_layers
+
+    @property
+    def q_dim(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GpuSpec:
+    """One accelerator. Peak FLOP/s are dense (no sparsity); 0 means unsupported."""
+
+    name: str
+    peak_fp16_flops: float
+    peak_bf16_flops: float
+    peak_fp8_flops: float = 0.0
+    memory_bytes: int
+    hbm_bandwidth_bytes_per_s: float
+
+    def __post_init__(self) -> None:
+        owner = f"gpu {self.name!r}"
+        _positive(owner, peak_fp16_flops=self.peak_fp16_flops,
+                  peak_bf16_flops=self.peak_bf16_flops, memory_bytes=self.memory_bytes,
+                  hbm_bandwidth_bytes_per_s=self.hbm_bandwidth_bytes_per_s)
+
+    def peak_flops(self, precision: Precision) -> float:
+        peak = {Precision.FP16: self.peak_fp16_flops, Precision.BF16: self.peak_bf16_flops,
+                Precision.FP8: self.peak_fp8_flops}[Precision(precision)]
+        _require(peak > 0, f"gpu {self.name!r} has no {precision} tensor cores; "
+                           "use --precision bf16 or fp16")
+        return peak
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CollectiveLink:
+    """A per-collective override of a tier's fitted latency and bandwidth."""
+
+    collective: str
+    latency_s: float
+    bandwidth_bytes_per_s: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LinkTier:
+    """One level of the fabric, innermost first (NVLink domain, leaf, spine).
+
+    `bandwidth_bytes_per_s` is the bus bandwidth one GPU gets through this tier in one
+    direction (nccl-tests busbw convention) when every GPU communicates at once;
+    `latency_s` is the per-step latency (alpha) of a ring step crossing this tier.
+    """
+
+    name: str
+    domain_gpus: int  # GPUs reachable inside one domain of this tier (0: unbounded)
+    latency_s: float
+    bandwidth_bytes_per_s: float
+    oversubscription: float = 1.0  # >1: traffic leaving the domain below shares less bandwidth
+    per_collective: tuple[CollectiveLink, ...] = ()
+    source: str = ""  # datasheet, paper or fitted results file
+
+    def __post_init__(self) -> None:
+        owner = f"tier {self.name!r}"
+        _positive(owner, bandwidth_bytes_per_s=self.bandwidth_bytes_per_s)
+        _require(self.latency_s >= 0, f"{owner}.latency_s={self.latency_s} must be >= 0")
+        _require(self.domain_gpus >= 0, f"{owner}.domain_gpus must be >= 0")
+        _require(self.oversubscription >= 1.0,
+                 f"{owner}.oversubscription={self.oversubscription} must be >= 1")
+
+    def link(self, collective: str) -> tuple[float, float]:
+        """(latency_s, bandwidth_bytes_per_s) for one collective, override first."""
+        for item in self.per_collective:
+            if item.collective == collective:
+                return item.latency_s, item.bandwidth_bytes_per_s
+        return self.latency_s, self.bandwidth_bytes_per_s
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterSpec:
+    """A cluster of identical nodes. tiers[0] is the intra-node (NVLink/NVSwitch) domain."""
+
+    name: str
+    gpu: GpuSpec
+    gpus_per_node: int
+    nics_per_node: int
+    nic_bandwidth_bytes_per_s: float  # one NIC, one direction
+    tiers: tuple[LinkTier, ...]
+    source: str = "preset"
+
+    def __post_init__(self) -> None:
+        owner = f"cluster {self.name!r}"
+        _positive(owner, gpus_per_node=self.gpus_per_node)
+        _require(len(self.tiers) >= 2, f"{owner} needs an intra-node tier and at least one "
+                                       f"network tier, got {len(self.tiers)}")
+        _require(self.tiers[0].domain_gpus == self.gpus_per_node,
+                 f"{owner}: tiers[0].domain_gpus={self.tiers[0].domain_gpus} must equal "
+                 f"gpus_per_node={self.gpus_per_node}")
+        _require(self.tiers[-1].domain_gpus == 0,
+                 f"{owner}: the outermost tier must be unbounded (domain_gpus=0)")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Plan:
+    """How one training job is laid out. num_gpus = tp * pp * dp * cp.
+
+    ep is carved out of the tp*cp*dp ranks of a pipeline stage (Megatron-Core MoE layout,
+    expert tensor parallelism 1). Checks that need the model live in `check_plan`.
+    """
+
+    tp: int = 1
+    pp: int = 1
+    vpp: int = 1  # virtual stages per pipeline rank (interleaved 1F1B); 1: plain 1F1B
+    dp: int = 1
+    cp: int = 1
+    ep: int = 1
+    micro_batch_size: int = 1  # sequences
+    global_batch_size: int  # sequences per optimizer step
+    sequence_parallel: bool = False
+    recompute: Recompute = Recompute.NONE
+    zero: int = 0  # 0 DDP, 1 distributed optimizer / ZeRO-1, 2 ZeRO-2, 3 ZeRO-3 / FSDP
+    precision: Precision = Precision.BF16
+    order: str = DEFAULT_ORDER  # placement of the axes on the topology, innermost first
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "recompute", _enum("plan", "recompute", self.recompute,
+                                                    Recompute))
+        object.__setattr__(self, "precision", _enum("plan", "precision", self.precision,
+                                                    Precision))
+        _positive("plan", tp=self.tp, pp=self.pp, vpp=self.vpp, dp=self.dp, cp=self.cp,
+                  ep=self.ep, micro_batch_size=self.micro_batch_size,
+                  global_batch_size=self.global_batch_size)
+        _require(self.zero in (0, 1, 2, 3), f"plan.zero={self.zero!r} must be 0, 1, 2 or 3")
+        _require(sorted(self.order.split("-")) == sorted(AXES),
+                 f"plan.order={self.order!r} must be a permutation of {'-'.join(AXES)}")
+        _require(self.vpp == 1 or self.pp > 1, f"plan.vpp={self.vpp} needs pp > 1")
+        _require(not self.sequence_parallel or self.tp > 1,
+                 "plan.sequence_parallel needs tp > 1")
+        per_step = self.micro_batch_size * self.dp
+        _require(self.global_batch_size % per_step == 0,
+                 f"plan.global_batch_size={self.global_batch_size} is not divisible by "
+                 f"micro_batch_size*dp={per_step}")
+
+    @property
+    def num_gpus(self) -> int:
+        return self.tp * self.pp * self.dp * self.cp
+
+    @property
+    def num_microbatches(self) -> int:
+        return self.global_batch_size // (self.micro_batch_size * self.dp)
+
+    @property
+    def name(self) -> str:
+        return (f"tp{self.tp}.pp{self.pp}.vpp{self.vpp}.dp{self.dp}.cp{self.cp}.ep{self.ep}"
+                f".mb{self.micro_batch_size}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Estimate:
+    """What the cost model predicts for one (model, cluster, plan)."""
+
+    step_time_s: float
+    breakdown_s: Mapping[str, float]  # named terms that add up to step_time_s
+    model_flops_per_step: float
+    model_tflops_per_gpu: float
+    mfu: float  # model FLOPs / (step time * GPUs * dense peak at the plan's precision)
+    tokens_per_s: float
+    peak_memory_bytes: float
+    memory_breakdown_bytes: Mapping[str, float]
+    memory_capacity_bytes: float
+    infeasible_reason: str | None = None  # e.g. "activations: needs 91.2 GB > 80.0 GB"
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def feasible(self) -> bool:
+        return self.infeasible_reason is None
