@@ -242,6 +242,7 @@ class Plan:
     recompute: Recompute = Recompute.NONE
     zero: int = 0  # 0 DDP, 1 distributed optimizer / ZeRO-1, 2 ZeRO-2, 3 ZeRO-3 / FSDP
     precision: Precision = Precision.BF16
+    flash_attention: bool = True  # False: unfused softmax over a stored score matrix
     order: str = DEFAULT_ORDER  # placement of the axes on the topology, innermost first
 
     def __post_init__(self) -> None:

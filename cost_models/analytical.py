@@ -1,0 +1,152 @@
+"""estimate(model, cluster, plan): step time as a sum of named terms, MFU and peak memory.
+
+    step = m * (compute + recompute + exposed TP/CP/EP) + bubble + PP send/recv
+           + exposed DP + optimizer
+
+The pipeline bubble of 1F1B is (pp-1) micro-batch slots and of interleaved 1F1B (pp-1)/vpp
+(Narayanan et al. 2021, arXiv:2104.04473 Sec. 2.2). Gradient reduction overlaps the backward
+pass of the last micro-batch and the weight all-gather the forward pass of the first one
+(Megatron-Core overlap_grad_reduce / overlap_param_gather); ZeRO-3 gathers overlap the
+micro-batch they serve. `estimate_batch` scores many plans in one numpy pass; `estimate`
+wraps it for one plan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from cost_models.comm_terms import (
+    cp_comm_per_layer_s,
+    dp_comm_s,
+    ep_comm_per_layer_s,
+    pp_comm_s,
+    tp_comm_per_layer_s,
+)
+from cost_models.compute import layer_times, logits_time_s
+from cost_models.flops import model_flops_per_token
+from cost_models.memory import OPTIMIZER_BYTES, memory_breakdown, stage_param_counts
+from cost_models.placement import group_ranks_per_node
+from cost_models.plan_arrays import PRECISION_CODES, PlanArrays, from_plans
+from cost_models.specs import ClusterSpec, Estimate, ModelSpec, Plan
+
+# Adam step: read and write the fp32 weight, m and v (24 B), read the fp32 gradient (4 B),
+# write the 16-bit weight (2 B), plus one gradient read for the norm/clipping (4 B).
+OPTIMIZER_STEP_BYTES_PER_PARAM = 34
+
+TIME_TERMS = ("compute", "recompute", "tp_comm", "cp_comm", "ep_comm", "pp_bubble",
+              "pp_comm", "dp_comm", "optimizer")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchEstimate:
+    step_time_s: np.ndarray
+    breakdown_s: dict[str, np.ndarray]
+    mfu: np.ndarray
+    tokens_per_s: np.ndarray
+    model_tflops_per_gpu: np.ndarray
+    peak_memory_bytes: np.ndarray
+    memory_bytes: dict[str, np.ndarray]
+
+
+def _per_microbatch(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays, k: dict):
+    """Seconds per micro-batch on the slowest (last) stage, by term."""
+    layers = model.num_layers / plans.pp
+    terms = {name: 0.0 for name in ("compute", "recompute", "tp_comm", "cp_comm", "ep_comm")}
+    for moe, count in ((False, model.num_dense_layers), (True, model.num_moe_layers)):
+        if count == 0:
+            continue
+        share = layers * count / model.num_layers
+        t = layer_times(model, cluster, plans, moe)
+        recompute = np.choose(plans.recompute, [0.0, t.attention_s, t.forward_s])
+        cp_fwd, cp_bwd = cp_comm_per_layer_s(model, plans, k["cp"], cluster)
+        cp_exposed = (np.maximum(cp_fwd - t.attention_s, 0)
+                      + np.maximum(cp_bwd - t.attention_backward_s, 0))
+        terms["compute"] = terms["compute"] + share * (t.forward_s + t.backward_s)
+        terms["recompute"] = terms["recompute"] + share * recompute
+        terms["tp_comm"] = terms["tp_comm"] + share * tp_comm_per_layer_s(
+            model, plans, k["tp"], cluster, moe)
+        terms["cp_comm"] = terms["cp_comm"] + share * cp_exposed
+        if moe:
+            terms["ep_comm"] = terms["ep_comm"] + share * ep_comm_per_layer_s(
+                model, plans, k["ep"], cluster)
+    terms["compute"] = terms["compute"] + logits_time_s(model, cluster, plans)
+    return terms
+
+
+def _dp_exposed_s(model, cluster, plans, k, mb_compute_s) -> np.ndarray:
+    grad_s, weight_s = dp_comm_s(model, plans, k, cluster)
+    backward_window = mb_compute_s * 2.0 / 3.0
+    forward_window = mb_compute_s / 3.0
+    overlapped = (np.maximum(grad_s - backward_window, 0.0)
+                  + np.maximum(weight_s - forward_window, 0.0))
+    zero3 = plans.num_microbatches * np.maximum(grad_s + weight_s - mb_compute_s, 0.0)
+    return np.where(plans.zero == 3, zero3, overlapped)
+
+
+def _optimizer_s(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays) -> np.ndarray:
+    dense, experts = stage_param_counts(model, plans)
+    edp = np.maximum(plans.tp * plans.cp * plans.dp // plans.ep, 1)
+    local = np.where(plans.zero >= 1, dense / (plans.dp * plans.cp) + experts / edp,
+                     dense + experts)
+    return local * OPTIMIZER_STEP_BYTES_PER_PARAM / cluster.gpu.hbm_bandwidth_bytes_per_s
+
+
+def estimate_batch(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays) -> BatchEstimate:
+    k = group_ranks_per_node(plans, cluster.gpus_per_node)
+    mb = _per_microbatch(model, cluster, plans, k)
+    m = plans.num_microbatches
+    mb_total = sum(mb.values())
+    terms = {name: m * value for name, value in mb.items()}
+    terms["pp_bubble"] = (plans.pp - 1) / plans.vpp * mb_total
+    terms["pp_comm"] = pp_comm_s(model, plans, k["pp"], cluster)
+    terms["dp_comm"] = _dp_exposed_s(model, cluster, plans, k, mb["compute"])
+    terms["optimizer"] = _optimizer_s(model, cluster, plans)
+    terms = {name: np.broadcast_to(np.asarray(terms[name], float), plans.tp.shape)
+             for name in TIME_TERMS}
+    step = sum(terms.values())
+    tokens = plans.global_batch_size * model.seq_len
+    flops = model_flops_per_token(model) * tokens
+    peaks = np.array([cluster.gpu.peak_flops(p) if _has(cluster, p) else np.nan
+                      for p in PRECISION_CODES])[plans.precision]
+    gpus = plans.num_gpus
+    memory = memory_breakdown(model, plans)
+    return BatchEstimate(step_time_s=step, breakdown_s=terms,
+                         mfu=flops / (step * gpus * peaks), tokens_per_s=tokens / step,
+                         model_tflops_per_gpu=flops / step / gpus / 1e12,
+                         peak_memory_bytes=sum(memory.values()), memory_bytes=memory)
+
+
+def _has(cluster: ClusterSpec, precision) -> bool:
+    return {"fp16": cluster.gpu.peak_fp16_flops, "bf16": cluster.gpu.peak_bf16_flops,
+            "fp8": cluster.gpu.peak_fp8_flops}[str(precision)] > 0
+
+
+def infeasible_reason(memory: dict[str, float], capacity_bytes: float) -> str | None:
+    total = sum(memory.values())
+    if total <= capacity_bytes:
+        return None
+    name, largest = max(memory.items(), key=lambda kv: kv[1])
+    return (f"peak memory {total / 1e9:.1f} GB exceeds the GPU's {capacity_bytes / 1e9:.1f} GB "
+            f"by {(total - capacity_bytes) / 1e9:.1f} GB (largest term: {name} "
+            f"{largest / 1e9:.1f} GB)")
+
+
+def estimate(model: ModelSpec, cluster: ClusterSpec, plan: Plan) -> Estimate:
+    """Predict one plan; an infeasible plan still gets its times and says what does not fit."""
+    cluster.gpu.peak_flops(plan.precision)  # raises a clear SpecError if unsupported
+    b = estimate_batch(model, cluster, from_plans([plan]))
+    memory = {name: float(v[0]) for name, v in b.memory_bytes.items()}
+    tokens = plan.global_batch_size * model.seq_len
+    return Estimate(
+        step_time_s=float(b.step_time_s[0]),
+        breakdown_s={name: float(v[0]) for name, v in b.breakdown_s.items()},
+        model_flops_per_step=model_flops_per_token(model) * tokens,
+        model_tflops_per_gpu=float(b.model_tflops_per_gpu[0]), mfu=float(b.mfu[0]),
+        tokens_per_s=float(b.tokens_per_s[0]), peak_memory_bytes=float(b.peak_memory_bytes[0]),
+        memory_breakdown_bytes=memory, memory_capacity_bytes=float(cluster.gpu.memory_bytes),
+        infeasible_reason=infeasible_reason(memory, cluster.gpu.memory_bytes))
+
+
+__all__ = ["BatchEstimate", "estimate", "estimate_batch", "TIME_TERMS", "OPTIMIZER_BYTES"]

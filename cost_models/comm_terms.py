@@ -1,0 +1,99 @@
+"""Communication of one training step, per parallel axis, for many plans at once.
+
+Every collective's time comes from `comm.collective_time_s` with the group's size and its
+ranks per node (`placement`). Bytes are counted here, once per axis:
+- TP (Shoeybi et al. 2019, arXiv:1909.08053 Sec. 3): per dense layer 2 all-reduces forward and
+  2 backward of the layer's activations; with sequence parallelism each becomes a
+  reduce-scatter + all-gather pair of the same volume (Korthikanti et al. 2022 Sec. 4.2.2).
+  An MoE layer keeps the attention pair only (expert-TP 1). Full recompute repeats forward.
+- CP (ring attention, Liu et al. 2023, arXiv:2310.01889; Megatron-Core context parallel):
+  each rank passes its K/V chunk around the ring, cp-1 hops forward, and K/V plus their
+  gradients backward; it overlaps the attention core of the same layer.
+- EP (Megatron-Core MoE all-to-all dispatcher): dispatch + combine all-to-all per MoE layer,
+  forward and backward, of each token's hidden state to its top-k experts.
+- PP (Narayanan et al. 2021 Sec. 2.2, 4.1): each micro-batch's activation forward and its
+  gradient backward cross every stage boundary; a TP rank sends only its 1/tp slice (their
+  scatter/gather optimization; the all-gather after it runs on NVLink and is ignored).
+- DP: gradient all-reduce (ZeRO 0), or reduce-scatter of gradients + all-gather of weights
+  (distributed optimizer / ZeRO 1-2), or per-micro-batch weight all-gathers forward and
+  backward plus a gradient reduce-scatter (ZeRO-3; Rajbhandari et al. 2020, arXiv:1910.02054).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bench.records import Collective
+from cost_models.comm import collective_time_s
+from cost_models.memory import ACT_BYTES, WEIGHT_BYTES, stage_param_counts
+from cost_models.plan_arrays import PlanArrays
+from cost_models.specs import ClusterSpec, ModelSpec, Precision
+
+AR, AG, RS = Collective.ALL_REDUCE, Collective.ALL_GATHER, Collective.REDUCE_SCATTER
+A2A, P2P = Collective.ALL_TO_ALL, Collective.SEND_RECV
+
+
+def grad_bytes_per_param(plans: PlanArrays) -> np.ndarray:
+    """Megatron-LM reduces bf16 runs' gradients in fp32 (arguments.py forces
+    accumulate_allreduce_grads_in_fp32 for bf16) and fp16 runs' in fp16."""
+    return np.where(plans.precision == list(Precision).index(Precision.FP16), 2.0, 4.0)
+
+
+def tp_pair_time_s(size_bytes, plans: PlanArrays, k, cluster: ClusterSpec) -> np.ndarray:
+    """One TP all-reduce, or its reduce-scatter + all-gather pair under sequence parallel."""
+    ar = collective_time_s(AR, size_bytes, plans.tp, k, cluster)
+    pair = (collective_time_s(RS, size_bytes, plans.tp, k, cluster)
+            + collective_time_s(AG, size_bytes, plans.tp, k, cluster))
+    return np.where(plans.sequence_parallel, pair, ar)
+
+
+def tp_comm_per_layer_s(model: ModelSpec, plans: PlanArrays, k, cluster: ClusterSpec,
+                        moe: bool) -> np.ndarray:
+    tokens = plans.micro_batch_size * model.seq_len / plans.cp
+    size = tokens * model.hidden_size * ACT_BYTES
+    per_pass = 1.0 if moe else 2.0
+    passes = np.where(plans.recompute == 2, 3.0, 2.0)
+    return per_pass * passes * tp_pair_time_s(size, plans, k, cluster)
+
+
+def cp_comm_per_layer_s(model: ModelSpec, plans: PlanArrays, k, cluster: ClusterSpec):
+    """(forward, backward) ring time of one layer."""
+    tokens = plans.micro_batch_size * model.seq_len / plans.cp
+    kv_bytes = tokens * 2 * model.kv_dim / plans.tp * ACT_BYTES
+    hop = collective_time_s(P2P, kv_bytes, np.minimum(plans.cp, 2), k, cluster)
+    hops = np.maximum(plans.cp - 1, 0)
+    return hops * hop, 2 * hops * hop
+
+
+def ep_comm_per_layer_s(model: ModelSpec, plans: PlanArrays, k, cluster: ClusterSpec):
+    tokens = plans.micro_batch_size * model.seq_len / plans.cp / plans.tp
+    size = tokens * model.moe_topk * model.hidden_size * ACT_BYTES
+    passes = np.where(plans.recompute == 2, 3.0, 2.0)
+    return 2.0 * passes * collective_time_s(A2A, size, plans.ep, k, cluster)
+
+
+def pp_comm_s(model: ModelSpec, plans: PlanArrays, k, cluster: ClusterSpec) -> np.ndarray:
+    """Send/recv on the critical path of one step: 2 (m*vpp + pp - 1) transfers."""
+    tokens = plans.micro_batch_size * model.seq_len / plans.cp
+    size = tokens * model.hidden_size * ACT_BYTES / plans.tp
+    one = collective_time_s(P2P, size, 2, k, cluster)
+    transfers = 2.0 * (plans.num_microbatches * plans.vpp + plans.pp - 1)
+    return np.where(plans.pp > 1, transfers * one, 0.0)
+
+
+def dp_comm_s(model: ModelSpec, plans: PlanArrays, k: dict, cluster: ClusterSpec):
+    """(gradient-side, weight-side) seconds per step; ZeRO-3 is per micro-batch x m."""
+    dense, experts = stage_param_counts(model, plans)
+    grad_b = grad_bytes_per_param(plans)
+    edp = np.maximum(plans.tp * plans.cp * plans.dp // plans.ep, 1)
+    k_edp = np.minimum(np.maximum(cluster.gpus_per_node // plans.ep, 1), edp)
+    groups = ((dense, plans.dp * plans.cp, k["dp_cp"]), (experts, edp, k_edp))
+    grad_s, weight_s = 0.0, 0.0
+    for count, n, kk in groups:
+        ar = collective_time_s(AR, count * grad_b, n, kk, cluster)
+        rs = collective_time_s(RS, count * grad_b, n, kk, cluster)
+        ag = collective_time_s(AG, count * WEIGHT_BYTES, n, kk, cluster)
+        grad_s = grad_s + np.where(plans.zero == 0, ar, rs)
+        weight_s = weight_s + np.where(plans.zero == 0, 0.0,
+                                       np.where(plans.zero == 3, 2 * ag, ag))
+    return grad_s, weight_s

@@ -1,0 +1,142 @@
+"""Compute time of one micro-batch on one pipeline stage, for many plans at once.
+
+Three kinds of work, each timed by its own bound:
+- matrix products: the measured GEMM-efficiency curve (`gemm_curve`) at each product's shape
+  on one TP rank, so thin shards and small micro-batches run slower than big products;
+- attention cores: flash attention at a fixed share of peak (`ATTENTION_FRACTION`); the
+  unfused kernels of pre-2023 Megatron-LM as batched products on the GEMM curve plus
+  memory-bound passes over the stored score matrix;
+- element-wise work (norms, residual adds, dropout, activations, rotary, cross-entropy):
+  bytes moved / HBM bandwidth (memory-bound kernels).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from cost_models.flops import (
+    BACKWARD_FACTOR,
+    FLASH_BACKWARD_FACTOR,
+    attention_core_flops,
+    layer_gemms,
+    logits_gemm,
+)
+from cost_models.gemm_curve import H100_BF16_CURVE, GemmCurve, gemm_time_s
+from cost_models.params import mlp_matrices
+from cost_models.plan_arrays import PlanArrays
+from cost_models.specs import ClusterSpec, ModelSpec
+
+# Flash attention reaches 50-73% of A100 peak forward and 63% backward at head dim 128
+# (Dao 2023, arXiv:2307.08691, Fig. 4-6); we take the middle of that range for fwd+bwd.
+ATTENTION_FRACTION = 0.55
+# ASSUMPTION: FP8 GEMMs (Transformer Engine, H100) run 1.6x faster than BF16 ones at the same
+# shape (NVIDIA TE docs report 1.3-1.8x end-to-end-relevant GEMM speedups); attention and
+# element-wise work stay in BF16.
+FP8_GEMM_SPEEDUP = 1.6
+ELEMENT_BYTES = 2
+LOGIT_PASSES_BYTES = 16  # fp32 logits: write, softmax read+write, gradient write (4 x 4 B)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LayerTimes:
+    """Seconds per micro-batch for one layer on one GPU, forward only."""
+
+    gemm_s: np.ndarray
+    attention_s: np.ndarray  # forward attention core
+    attention_backward_s: np.ndarray
+    elementwise_s: np.ndarray
+
+    @property
+    def forward_s(self) -> np.ndarray:
+        return self.gemm_s + self.attention_s + self.elementwise_s
+
+    @property
+    def backward_s(self) -> np.ndarray:
+        return (BACKWARD_FACTOR * (self.gemm_s + self.elementwise_s)
+                + self.attention_backward_s)
+
+
+def _gemm_peak(cluster: ClusterSpec, plans: PlanArrays) -> np.ndarray:
+    """Effective peak for products: FP8 runs use the BF16 curve sped up by FP8_GEMM_SPEEDUP."""
+    fp16 = cluster.gpu.peak_fp16_flops
+    bf16 = cluster.gpu.peak_bf16_flops
+    return np.choose(plans.precision, [fp16, bf16, bf16 * FP8_GEMM_SPEEDUP])
+
+
+def _vector_peak(cluster: ClusterSpec, plans: PlanArrays) -> np.ndarray:
+    return np.choose(plans.precision, [cluster.gpu.peak_fp16_flops,
+                                       cluster.gpu.peak_bf16_flops,
+                                       cluster.gpu.peak_bf16_flops])
+
+
+def elementwise_bytes_per_token(model: ModelSpec, plans: PlanArrays, moe: bool) -> np.ndarray:
+    """Forward bytes moved by memory-bound kernels of one layer, per token, on one GPU.
+
+    Per layer: two norms (read+write h each), two residual adds (read 2h, write h), two
+    dropouts (read h, write h and a 1-byte mask): 15h elements, replicated on every TP rank
+    unless sequence parallel shards them; rotary on q and k; the activation (gelu: read f,
+    write f; gated: read 2f, write f) sharded by TP. MoE adds the token permutation
+    (copy in and out of each of top-k experts).
+    """
+    h = model.hidden_size
+    tp_div = np.where(plans.sequence_parallel, plans.tp, 1)
+    rotary = 2 * (model.q_dim + model.kv_dim)
+    if moe:
+        act = model.moe_topk * (mlp_matrices(model.mlp) * model.moe_ffn_hidden_size + 4 * h)
+    else:
+        act = mlp_matrices(model.mlp) * model.ffn_hidden_size
+    return ELEMENT_BYTES * (15.0 * h / tp_div + (rotary + act) / plans.tp)
+
+
+def layer_times(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays, moe: bool,
+                curve: GemmCurve = H100_BF16_CURVE) -> LayerTimes:
+    tokens = plans.micro_batch_size * model.seq_len / plans.cp
+    peak = _gemm_peak(cluster, plans)
+    gemm = sum(gemm_time_s(g.m, g.k, g.n, peak, curve) * g.count
+               for g in layer_gemms(model, tokens, plans.tp, plans.ep, moe))
+    flash_fwd, flash_bwd = flash_attention_s(model, cluster, plans, tokens)
+    unfused_fwd, unfused_bwd = unfused_attention_s(model, cluster, plans, tokens, curve)
+    bytes_moved = tokens * elementwise_bytes_per_token(model, plans, moe)
+    return LayerTimes(
+        gemm_s=gemm,
+        attention_s=np.where(plans.flash_attention, flash_fwd, unfused_fwd),
+        attention_backward_s=np.where(plans.flash_attention, flash_bwd, unfused_bwd),
+        elementwise_s=bytes_moved / cluster.gpu.hbm_bandwidth_bytes_per_s)
+
+
+def flash_attention_s(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays, tokens):
+    """(forward, backward) seconds of the flash-attention core of one layer."""
+    flops = attention_core_flops(model, tokens, model.seq_len, plans.tp)
+    forward = flops / (_vector_peak(cluster, plans) * ATTENTION_FRACTION)
+    return forward, FLASH_BACKWARD_FACTOR * forward
+
+
+def unfused_attention_s(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays, tokens,
+                        curve: GemmCurve):
+    """(forward, backward) seconds of the unfused attention core (Megatron-LM before 2023).
+
+    Scores Q K^T and values P V are batched products per head over the whole s x s matrix
+    (no causal skipping); the fused scale-mask-softmax and the dropout pass over the stored
+    scores: forward reads/writes 9 bytes per score (softmax 2+2, dropout 2+2 and a 1-byte
+    mask), backward 11 (softmax gradient 2+2+2, dropout gradient 2+1+2).
+    """
+    s, d = model.seq_len, model.head_dim
+    heads = plans.micro_batch_size * model.num_heads / plans.tp / plans.cp
+    peak = _gemm_peak(cluster, plans)
+    # One batched kernel each (baddbmm / bmm): stack the heads' rows into m.
+    products = (gemm_time_s(heads * s, d, s, peak, curve)
+                + gemm_time_s(heads * s, s, d, peak, curve))
+    scores = heads * float(s) * s / cluster.gpu.hbm_bandwidth_bytes_per_s
+    return products + 9 * scores, BACKWARD_FACTOR * products + 11 * scores
+
+
+def logits_time_s(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays,
+                  curve: GemmCurve = H100_BF16_CURVE) -> np.ndarray:
+    """Output layer and cross-entropy of one micro-batch, forward + backward."""
+    tokens = plans.micro_batch_size * model.seq_len / plans.cp
+    g = logits_gemm(model, tokens, plans.tp)
+    gemm = gemm_time_s(g.m, g.k, g.n, _gemm_peak(cluster, plans), curve)
+    loss = tokens * model.vocab_size / plans.tp * LOGIT_PASSES_BYTES
+    return (1 + BACKWARD_FACTOR) * gemm + loss / cluster.gpu.hbm_bandwidth_bytes_per_s

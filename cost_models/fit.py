@@ -1,0 +1,321 @@
+"""Fit a cluster profile (per-tier latency and bandwidth) to benchmark results files.
+
+    python -m cost_models.fit results/bench/fabric_*.jsonl -o results/clusters/fabric.json \\
+        --base-cluster dgx-h100 --plot results/clusters/fabric_fit.png
+
+The model is `cost_models.comm.collective_time_s` itself: tier 0 (inside a node) and tier 1
+(across nodes) get latency_s and bandwidth_bytes_per_s chosen by least squares on the
+logarithm of time (relative errors, so 8 B and 64 MiB points weigh alike), with each
+measurement's own group size, ranks per node and concurrent groups per node. The tier values
+come from all-reduce when it was measured (else from every collective); another collective
+whose own fit differs by more than OVERRIDE_TOLERANCE gets a per-collective override. The GPU
+comes from a base preset; gpus_per_node is the measured ranks per node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench.records import Collective, ResultsError, read_results
+from cost_models.comm import collective_time_s
+from cost_models.specs import ClusterSpec, CollectiveLink, LinkTier, SpecError
+
+EXIT_USAGE = 2
+OVERRIDE_TOLERANCE = 0.10  # relative difference in latency or bandwidth worth an override
+MIN_POINTS = 3  # a (collective, tier) needs this many sizes to be fitted on its own
+STATISTICS = ("p50", "mean", "min")
+
+
+class FitError(ValueError):
+    """The inputs cannot be fitted; the message is the one line the user sees."""
+
+
+def load_frame(paths: list[str]) -> tuple[pd.DataFrame, list[dict], list[str]]:
+    """Measurements of every readable file (one row each), their headers, and one line per
+    problem (unreadable file, truncated or corrupt line, failed correctness check)."""
+    frames, headers, problems = [], [], []
+    for path in _expand(paths):
+        try:
+            results = read_results(path)
+        except ResultsError as exc:
+            problems.append(f"skipped {exc}")
+            continue
+        problems.extend(results.problems)
+        if not results.measurements:
+            problems.append(f"skipped {path}: no measurements")
+            continue
+        rows = pd.DataFrame([asdict(m) for m in results.measurements])
+        rows["collective"] = rows["collective"].map(lambda c: Collective(c).value)
+        rows["file"] = path
+        rows["gpus_per_node"] = int(results.header.get("ranks_per_node", 1))
+        bad = rows["wrong"] != 0
+        if bad.any():
+            problems.append(f"{path}: dropped {int(bad.sum())} measurements with wrong results")
+        frames.append(rows[~bad])
+        headers.append(results.header)
+    if not frames:
+        raise FitError("no usable measurements in " + ", ".join(paths))
+    return pd.concat(frames, ignore_index=True), headers, problems
+
+
+def _expand(paths: list[str]) -> list[str]:
+    out = []
+    for p in paths:
+        path = Path(p)
+        out.extend(sorted(map(str, path.glob("*.jsonl"))) if path.is_dir() else [p])
+    return out
+
+
+def fit_cluster(cluster: ClusterSpec, tier_index: int, params: np.ndarray) -> ClusterSpec:
+    """`cluster` with tier `tier_index` given (latency_s, bandwidth) = exp(params)."""
+    tiers = list(cluster.tiers)
+    lat, bw = np.exp(params)
+    tiers[tier_index] = replace(tiers[tier_index], latency_s=float(lat),
+                                bandwidth_bytes_per_s=float(bw))
+    return replace(cluster, tiers=tuple(tiers))
+
+
+def predict_s(cluster: ClusterSpec, frame: pd.DataFrame) -> np.ndarray:
+    """collective_time_s for every row (each with its own placement)."""
+    out = np.empty(len(frame))
+    for name, rows in frame.groupby("collective"):
+        idx = frame.index.get_indexer(rows.index)
+        out[idx] = collective_time_s(Collective(name), rows["size_bytes"].to_numpy(float),
+                                     rows["group_size"].to_numpy(float),
+                                     rows["ranks_per_node"].to_numpy(float), cluster,
+                                     groups_per_node=rows["groups_per_node"].to_numpy(float))
+    return out
+
+
+def _least_squares(residual, x0: np.ndarray, iters: int = 60) -> np.ndarray:
+    """Levenberg-Marquardt with a forward-difference Jacobian (few parameters)."""
+    x, damping = np.asarray(x0, float), 1e-2
+    r = residual(x)
+    for _ in range(iters):
+        jac = np.column_stack([(residual(x + h) - r) / 1e-6 for h in np.eye(len(x)) * 1e-6])
+        normal = jac.T @ jac
+        step = np.linalg.solve(normal + damping * np.diag(np.diag(normal) + 1e-12), -jac.T @ r)
+        trial = residual(x + step)
+        if trial @ trial < r @ r:
+            x, r, damping = x + step, trial, damping / 3
+            if np.abs(step).max() < 1e-7:
+                break
+        else:
+            damping *= 4
+    return x
+
+
+def _fit_tier(cluster: ClusterSpec, tier_index: int, rows: pd.DataFrame,
+              measured_s: np.ndarray) -> np.ndarray:
+    """log(latency_s), log(bandwidth) of one tier that best reproduce `rows`."""
+    busbw = rows["busbw_gbps"].to_numpy() * 1e9
+    x0 = np.log([max(measured_s.min() / 4, 1e-7), max(np.quantile(busbw, 0.9), 1e3)])
+
+    def residual(x):
+        return np.log(predict_s(fit_cluster(cluster, tier_index, x), rows)) - np.log(measured_s)
+
+    return _least_squares(residual, x0)
+
+
+def _tier_rows(frame: pd.DataFrame, tier_index: int) -> pd.Series:
+    return (frame["nodes"] > 1) if tier_index else (frame["nodes"] == 1)
+
+
+def skeleton(base: ClusterSpec, gpus_per_node: int, name: str) -> ClusterSpec:
+    """Two tiers to be fitted (inside a node, across nodes); the GPU from `base`."""
+    tiers = (LinkTier(name="intra_node", domain_gpus=gpus_per_node, latency_s=1e-5,
+                      bandwidth_bytes_per_s=1e9),
+             LinkTier(name="inter_node", domain_gpus=0, latency_s=1e-5,
+                      bandwidth_bytes_per_s=1e9))
+    nics = base.nics_per_node if gpus_per_node == base.gpus_per_node else 1
+    return ClusterSpec(name=name, gpu=base.gpu, gpus_per_node=gpus_per_node,
+                       nics_per_node=nics, nic_bandwidth_bytes_per_s=1e9, tiers=tiers,
+                       source="fitted")
+
+
+def fit_tiers(frame: pd.DataFrame, cluster: ClusterSpec, statistic: str = "p50") -> ClusterSpec:
+    """Fit every tier that has measurements: tier 0 first, since a spanning group is capped by
+    the intra-node bandwidth too; then per-collective overrides where they differ."""
+    measured = frame[f"time_us_{statistic}"].to_numpy() * 1e-6
+    for t in (0, 1):
+        mask = _tier_rows(frame, t).to_numpy()
+        if not mask.any():
+            continue
+        ref = mask & (frame["collective"] == Collective.ALL_REDUCE.value).to_numpy()
+        use = ref if ref.sum() >= MIN_POINTS else mask
+        cluster = fit_cluster(cluster, t, _fit_tier(cluster, t, frame[use], measured[use]))
+        cluster = _with_overrides(cluster, t, frame[mask], measured[mask])
+    return cluster
+
+
+def _with_overrides(cluster: ClusterSpec, t: int, rows: pd.DataFrame,
+                    measured_s: np.ndarray) -> ClusterSpec:
+    tier, links = cluster.tiers[t], []
+    for name, part in rows.groupby("collective"):
+        if name == Collective.ALL_REDUCE.value or part["size_bytes"].nunique() < MIN_POINTS:
+            continue
+        own = np.exp(_fit_tier(cluster, t, part, measured_s[rows.index.get_indexer(part.index)]))
+        base = np.array([tier.latency_s, tier.bandwidth_bytes_per_s])
+        if np.any(np.abs(own / base - 1) > OVERRIDE_TOLERANCE):
+            links.append(CollectiveLink(collective=str(name), latency_s=float(own[0]),
+                                        bandwidth_bytes_per_s=float(own[1])))
+    tiers = list(cluster.tiers)
+    tiers[t] = replace(tier, per_collective=tuple(links))
+    return replace(cluster, tiers=tuple(tiers))
+
+
+def residuals(cluster: ClusterSpec, frame: pd.DataFrame, statistic: str = "p50") -> pd.DataFrame:
+    """frame plus predicted_s, measured_s and rel_error = predicted / measured - 1."""
+    out = frame.copy()
+    out["measured_s"] = frame[f"time_us_{statistic}"].to_numpy() * 1e-6
+    out["predicted_s"] = predict_s(cluster, frame)
+    out["rel_error"] = out["predicted_s"] / out["measured_s"] - 1
+    return out
+
+
+def error_summary(checked: pd.DataFrame) -> dict:
+    err = checked["rel_error"].abs()
+    by = {name: round(float(part.abs().median()), 4)
+          for name, part in checked.groupby("collective")["rel_error"]}
+    return {"points": int(len(checked)), "median_abs_rel_error": round(float(err.median()), 4),
+            "max_abs_rel_error": round(float(err.max()), 4),
+            "median_abs_rel_error_by_collective": by}
+
+
+def split_holdout(frame: pd.DataFrame, every_other_size: bool, query: str | None):
+    """(fit rows, held-out rows): every other size of each series and/or rows matching a
+    pandas query (e.g. "layout == 'strided'") are kept out of the fit to test prediction."""
+    held = pd.Series(False, index=frame.index)
+    if every_other_size:
+        series = ["file", "collective", "dtype", "group_size", "layout", "num_groups"]
+        rank = frame.groupby(series)["size_bytes"].rank(method="dense").astype(int)
+        held |= rank % 2 == 0
+    if query:
+        try:
+            held |= frame.eval(query).astype(bool)
+        except Exception as exc:
+            raise FitError(f"--holdout {query!r} is not a valid pandas expression over the "
+                           f"columns {', '.join(frame.columns)}: {exc}") from None
+    if held.all():
+        raise FitError("the hold-out leaves nothing to fit; hold out less")
+    return frame[~held], frame[held]
+
+
+def tier_summary(cluster: ClusterSpec, frame: pd.DataFrame) -> dict:
+    out = {}
+    for t, tier in enumerate(cluster.tiers):
+        rows = frame[_tier_rows(frame, t)]
+        if rows.empty:
+            continue
+        out[tier.name] = {"latency_s": tier.latency_s,
+                          "bandwidth_bytes_per_s": tier.bandwidth_bytes_per_s,
+                          "node_bandwidth_bytes_per_s": tier.bandwidth_bytes_per_s
+                          * cluster.gpus_per_node if t else None,
+                          "points": int(len(rows)),
+                          "size_range_bytes": [int(rows["size_bytes"].min()),
+                                               int(rows["size_bytes"].max())],
+                          "collectives": sorted(rows["collective"].unique())}
+    return out
+
+
+def build_profile(paths: list[str], base: ClusterSpec, *, name: str, statistic: str = "p50",
+                  every_other_size: bool = False, holdout: str | None = None):
+    """(cluster, fit block, provenance, checked rows) for results files `paths`."""
+    frame, headers, problems = load_frame(paths)
+    gpn = sorted(frame["gpus_per_node"].unique())
+    if len(gpn) != 1:
+        raise FitError(f"the files were measured with different ranks per node {gpn}; fit "
+                       "one node shape at a time")
+    train, test = split_holdout(frame, every_other_size, holdout)
+    cluster = fit_tiers(train.reset_index(drop=True), skeleton(base, int(gpn[0]), name),
+                        statistic)
+    node_bw = cluster.tiers[1].bandwidth_bytes_per_s * cluster.gpus_per_node
+    cluster = replace(cluster, nic_bandwidth_bytes_per_s=node_bw / cluster.nics_per_node,
+                      source=f"fitted to {len(frame)} measurements; gpu from {base.name}")
+    checked = residuals(cluster, frame, statistic)
+    checked["held_out"] = checked.index.isin(test.index)
+    fit = {"statistic": f"time_us_{statistic}", "model": "cost_models.comm.collective_time_s",
+           "tiers": tier_summary(cluster, train),
+           "residuals": error_summary(checked[~checked["held_out"]]),
+           "held_out": error_summary(checked[checked["held_out"]]) if len(test) else None,
+           "holdout_rule": {"every_other_size": every_other_size, "query": holdout},
+           "problems": problems}
+    provenance = {"files": sorted(set(frame["file"])), "base_cluster": base.name,
+                  "commands": [h.get("command") for h in headers],
+                  "hosts": sorted({x for h in headers for x in h.get("hosts", [])}),
+                  "fabric": next((h["fabric"] for h in headers if h.get("fabric")), None)}
+    return cluster, fit, provenance, checked
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m cost_models.fit", description=__doc__.split(
+        "\n")[0])
+    p.add_argument("results", nargs="+", help="results files (.jsonl) or folders of them")
+    p.add_argument("-o", "--output", required=True, help="cluster profile to write (.json)")
+    p.add_argument("--base-cluster", default="dgx-h100",
+                   help="preset (or profile) the GPU spec comes from")
+    p.add_argument("--name", default=None, help="cluster name (default: output file stem)")
+    p.add_argument("--statistic", choices=STATISTICS, default="p50",
+                   help="per-point time to fit (default p50: robust to noisy iterations)")
+    p.add_argument("--holdout-every-other-size", action="store_true",
+                   help="fit on half the sizes, report the error on the other half")
+    p.add_argument("--holdout", default=None,
+                   help="pandas expression selecting rows kept out of the fit, "
+                        "e.g. \"layout == 'strided'\"")
+    p.add_argument("--plot", default=None, help="predicted-vs-measured PNG to write")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from cost_models.loaders import load_cluster, save_cluster
+
+    args = build_parser().parse_args(argv)
+    try:
+        base = load_cluster(args.base_cluster)
+        cluster, fit, provenance, checked = build_profile(
+            args.results, base, name=args.name or Path(args.output).stem,
+            statistic=args.statistic, every_other_size=args.holdout_every_other_size,
+            holdout=args.holdout)
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        save_cluster(cluster, args.output, provenance=provenance, fit=fit)
+        if args.plot:
+            from cost_models.fit_plot import plot_fit
+
+            plot_fit(checked, args.plot, title=cluster.name)
+    except (FitError, SpecError, OSError) as exc:
+        print(f"fit: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    for line in fit["problems"]:
+        print(f"fit: warning: {line}", file=sys.stderr)
+    _print_summary(cluster, fit, args.output)
+    return 0
+
+
+def _print_summary(cluster: ClusterSpec, fit: dict, output: str) -> None:
+    for name, t in fit["tiers"].items():
+        node = t["node_bandwidth_bytes_per_s"]
+        extra = f", node {node / 1e6:.1f} MB/s" if node else ""
+        print(f"{name}: latency {t['latency_s'] * 1e6:.1f} us, bandwidth "
+              f"{t['bandwidth_bytes_per_s'] / 1e6:.1f} MB/s per rank{extra} "
+              f"({t['points']} points, {t['size_range_bytes'][0]}-{t['size_range_bytes'][1]} B)")
+    for tier in cluster.tiers:
+        for link in tier.per_collective:
+            print(f"  {tier.name} override {link.collective}: {link.latency_s * 1e6:.1f} us, "
+                  f"{link.bandwidth_bytes_per_s / 1e6:.1f} MB/s")
+    r, h = fit["residuals"], fit["held_out"]
+    print(f"fit residuals: median |err| {r['median_abs_rel_error']:.1%}, max "
+          f"{r['max_abs_rel_error']:.1%} over {r['points']} points")
+    if h:
+        print(f"held out: median |err| {h['median_abs_rel_error']:.1%}, max "
+              f"{h['max_abs_rel_error']:.1%} over {h['points']} points")
+    print(f"wrote {output}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

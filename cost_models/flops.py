@@ -1,0 +1,106 @@
+"""FLOPs of a decoder-only transformer, counted from its matrix products.
+
+Every forward matrix product of a layer is listed once, with its shape on one tensor-parallel
+rank (`layer_gemms`). Model FLOPs and per-GPU compute time are both derived from that list,
+so the count and the time cannot disagree.
+
+Conventions (one place):
+- A product C[m,n] = A[m,k] @ B[k,n] costs 2*m*k*n FLOPs.
+- Backward costs twice the forward (input and weight gradients): Narayanan et al. 2021,
+  arXiv:2104.04473 Sec. 5.1 (the factor 3 = 1 forward + 2 backward).
+- Attention scores and values cost 4*s_q*s_kv*q_dim forward; causal masking halves it, as
+  flash attention skips masked blocks (Megatron-Core `num_floating_point_operations` counts it
+  the same way). Flash attention's backward does 5 products to the forward's 2 (it recomputes
+  the scores): Dao 2023, arXiv:2307.08691 Sec. 3.
+- MFU (`model_flops_per_token`): the model FLOPs of PaLM, Chowdhery et al. 2022, arXiv:2204.02311
+  Appendix B (6 x parameters touched + attention), counted exactly from the products above,
+  with causal attention halved; recomputation is excluded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from cost_models.params import mlp_matrices
+from cost_models.specs import ModelSpec
+
+BACKWARD_FACTOR = 2.0  # backward / forward FLOPs of a matrix product
+FLASH_BACKWARD_FACTOR = 2.5  # flash-attention backward / forward (5 products vs 2)
+CAUSAL_FRACTION = 0.5  # share of the score matrix a causal mask leaves
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Gemm:
+    """One forward product per layer: C[m,n] = A[m,k] @ B[k,n], repeated `count` times."""
+
+    name: str
+    m: np.ndarray
+    k: np.ndarray
+    n: np.ndarray
+    count: np.ndarray | float = 1.0
+
+    @property
+    def flops(self) -> np.ndarray:
+        return 2.0 * self.m * self.k * self.n * self.count
+
+
+def attention_gemms(model: ModelSpec, tokens, tp) -> list[Gemm]:
+    """QKV and output projections of one layer on one TP rank, `tokens` rows."""
+    h = model.hidden_size
+    qkv = (model.q_dim + 2 * model.kv_dim) / tp
+    return [Gemm(name="qkv", m=tokens, k=h, n=qkv),
+            Gemm(name="proj", m=tokens, k=model.q_dim / tp, n=h)]
+
+
+def mlp_gemms(model: ModelSpec, tokens, tp, width: float, prefix: str = "") -> list[Gemm]:
+    """An MLP of `width`: fc1 (gate and up fused for gated MLPs) then fc2."""
+    fc1_out = (mlp_matrices(model.mlp) - 1) * width / tp
+    return [Gemm(name=f"{prefix}fc1", m=tokens, k=model.hidden_size, n=fc1_out),
+            Gemm(name=f"{prefix}fc2", m=tokens, k=width / tp, n=model.hidden_size)]
+
+
+def expert_gemms(model: ModelSpec, tokens, tp, ep) -> list[Gemm]:
+    """Routed experts of one MoE layer on one rank (expert tensor parallelism 1).
+
+    Tokens are split over the TP ranks (sequence parallel), each is sent to top-k experts,
+    and a rank holds num_experts/ep experts: with balanced routing each local expert sees
+    tokens/tp * topk * ep / num_experts rows.
+    """
+    local_experts = model.num_experts / ep
+    rows = tokens / tp * model.moe_topk / local_experts
+    gemms = mlp_gemms(model, rows, 1, model.moe_ffn_hidden_size, prefix="expert_")
+    router = Gemm(name="router", m=tokens / tp, k=model.hidden_size, n=model.num_experts)
+    out = [router] + [Gemm(name=g.name, m=g.m, k=g.k, n=g.n, count=local_experts)
+                      for g in gemms]
+    if model.moe_shared_ffn_hidden_size:
+        out += mlp_gemms(model, tokens, tp, model.moe_shared_ffn_hidden_size, "shared_")
+    return out
+
+
+def layer_gemms(model: ModelSpec, tokens, tp, ep, moe: bool) -> list[Gemm]:
+    mlp = (expert_gemms(model, tokens, tp, ep) if moe
+           else mlp_gemms(model, tokens, tp, model.ffn_hidden_size))
+    return attention_gemms(model, tokens, tp) + mlp
+
+
+def logits_gemm(model: ModelSpec, tokens, tp) -> Gemm:
+    return Gemm(name="logits", m=tokens, k=model.hidden_size, n=model.vocab_size / tp)
+
+
+def attention_core_flops(model: ModelSpec, tokens, seq_len, tp) -> np.ndarray:
+    """Forward FLOPs of scores and values for `tokens` queries against `seq_len` keys."""
+    return 4.0 * tokens * seq_len * model.q_dim / tp * CAUSAL_FRACTION
+
+
+def model_flops_per_token(model: ModelSpec) -> float:
+    """Forward + backward model FLOPs per token, no recomputation (the MFU numerator)."""
+    s = model.seq_len
+    dense = sum(float(np.sum(g.flops)) for g in layer_gemms(model, 1.0, 1, 1, moe=False))
+    attn = float(attention_core_flops(model, 1.0, s, 1))
+    fwd = (dense + attn) * model.num_dense_layers + float(logits_gemm(model, 1.0, 1).flops)
+    if model.is_moe:
+        moe = sum(float(np.sum(g.flops)) for g in layer_gemms(model, 1.0, 1, 1, moe=True))
+        fwd += (moe + attn) * model.num_moe_layers
+    return (1.0 + BACKWARD_FACTOR) * fwd

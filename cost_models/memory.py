@@ -1,0 +1,150 @@
+"""Peak memory per GPU, in bytes, for many plans at once.
+
+Terms (each one function): model states (weights, gradients, optimizer) under each sharding
+stage; activations of the in-flight micro-batches on the first pipeline stage (Korthikanti
+et al. 2022, arXiv:2205.05198, Sec. 4) with flash attention keeping no score matrix; the
+logits of the last stage; a documented allowance for the allocator and framework buffers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cost_models.params import (
+    attention_params,
+    dense_mlp_params,
+    embedding_params,
+    expert_params,
+    mlp_matrices,
+)
+from cost_models.plan_arrays import PlanArrays
+from cost_models.specs import ModelSpec
+
+# Mixed-precision Adam, bytes per parameter (Megatron-LM docs/distrib_optimizer.md table):
+# 16-bit weight 2, fp32 gradient 4, fp32 main weight + Adam m + v 12.
+WEIGHT_BYTES = 2
+GRAD_BYTES = 4
+OPTIMIZER_BYTES = 12
+ACT_BYTES = 2  # 16-bit activations (fp8 runs keep activations in bf16 too)
+LOGIT_BYTES = 4  # fp32 logits for the cross-entropy (Megatron casts them)
+# ASSUMPTION: CUDA context, NCCL buffers and framework workspaces ~2 GiB per GPU, and the
+# PyTorch caching allocator loses ~5% of the dynamic memory to fragmentation (PyTorch "CUDA
+# memory management" notes; Megatron users report 2-4 GB of overhead beyond the estimate).
+FRAMEWORK_BYTES = 2 * 2**30
+FRAGMENTATION_FRACTION = 0.05
+
+
+def model_state_bytes_per_param(zero, shard) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(weight, gradient, optimizer) bytes per parameter when sharded over `shard` ranks."""
+    weight = np.where(zero >= 3, WEIGHT_BYTES / shard, WEIGHT_BYTES)
+    grad = np.where(zero >= 2, GRAD_BYTES / shard, GRAD_BYTES)
+    optim = np.where(zero >= 1, OPTIMIZER_BYTES / shard, OPTIMIZER_BYTES)
+    return weight, grad, optim
+
+
+def stage_param_counts(model: ModelSpec, plans: PlanArrays) -> tuple[np.ndarray, np.ndarray]:
+    """(dense, expert) parameters on one GPU of the first stage (embedding included)."""
+    layers = model.num_layers / plans.pp
+    moe_share = model.num_moe_layers / model.num_layers
+    per_layer = attention_params(model) + 2 * model.hidden_size
+    dense = layers * (per_layer + (1 - moe_share) * dense_mlp_params(model)) / plans.tp
+    dense = dense + embedding_params(model) / (1 if model.tied_embeddings else 2) / plans.tp
+    shared = mlp_matrices(model.mlp) * model.hidden_size * model.moe_shared_ffn_hidden_size
+    dense = dense + layers * moe_share * shared / plans.tp
+    experts = layers * moe_share * model.num_experts * expert_params(model) / plans.ep
+    return dense, experts
+
+
+def model_state_bytes(model: ModelSpec, plans: PlanArrays) -> dict[str, np.ndarray]:
+    dense, experts = stage_param_counts(model, plans)
+    dense_shard = plans.dp * plans.cp
+    expert_shard = np.maximum(plans.tp * plans.cp * plans.dp // plans.ep, 1)
+    out = {"weights": 0.0, "gradients": 0.0, "optimizer": 0.0}
+    for count, shard in ((dense, dense_shard), (experts, expert_shard)):
+        for name, per_param in zip(out, model_state_bytes_per_param(plans.zero, shard)):
+            out[name] = out[name] + count * per_param
+    return out
+
+
+def layer_activation_bytes_per_token(model: ModelSpec, plans: PlanArrays, moe: bool):
+    """Bytes one token leaves on one GPU per layer, Korthikanti et al. 2022 Sec. 4.1.
+
+    Their 34*s*b*h (GPT, 4h FFN) splits into 10h replicated across TP ranks (two norm inputs
+    4h, QKV and MLP inputs 4h, two dropout masks 2h at 1 byte) and 24h sharded by TP
+    (Q, K, V, attention output 8h; MLP activation input and output 16h). Flash attention
+    stores no score matrix (their 5as^2b term is gone). Sequence parallelism shards the
+    replicated part too. Full recomputation keeps only each layer's 2h input.
+    """
+    h, q, kv = model.hidden_size, model.q_dim, model.kv_dim
+    mats = mlp_matrices(model.mlp)
+    replicated = 10.0 * h
+    attn = ACT_BYTES * (2 * q + 2 * kv)
+    if moe:
+        f = model.moe_ffn_hidden_size
+        per_copy = ACT_BYTES * (h + (mats - 1) * f + f)  # expert input, fc1 out, act out
+        mlp = model.moe_topk * per_copy + ACT_BYTES * model.num_experts  # + router logits
+    else:
+        f = model.ffn_hidden_size
+        mlp = ACT_BYTES * ((mats - 1) * f + f)
+    # TP ranks split attention heads and FFN columns; with expert-TP 1 they split the tokens
+    # of an MoE layer instead (sequence parallel), which divides the same bytes by tp.
+    tp_div = np.where(plans.sequence_parallel, plans.tp, 1)
+    full = replicated / tp_div + (attn + mlp) / plans.tp + score_bytes_per_token(model, plans)
+    kept_input = ACT_BYTES * h / tp_div
+    return np.where(plans.recompute == 2, kept_input, full)
+
+
+def score_bytes_per_token(model: ModelSpec, plans: PlanArrays) -> np.ndarray:
+    """Unfused attention stores softmax output, dropout mask and output: 5*a*s bytes per
+    token (Korthikanti et al. 2022 Eq. 1, the 5as^2b term), sharded by TP; selective
+    recompute drops it, flash attention never stores it."""
+    stored = (~plans.flash_attention) & (plans.recompute == 0)
+    return np.where(stored, 5.0 * model.num_heads * model.seq_len / plans.tp, 0.0)
+
+
+def inflight_layers(model: ModelSpec, plans: PlanArrays) -> np.ndarray:
+    """Layers' worth of micro-batch activations the first stage holds at its peak.
+
+    1F1B keeps min(pp, m) micro-batches of L/pp layers. Interleaved 1F1B (Megatron-LM
+    schedules.py warm-up) keeps 2(pp-1) + (vpp-1)pp + 1 chunks of L/(pp*vpp) layers.
+    """
+    m = plans.num_microbatches
+    chunks = np.where(plans.vpp > 1, 2 * (plans.pp - 1) + (plans.vpp - 1) * plans.pp + 1,
+                      plans.pp)
+    chunks = np.minimum(chunks, m * plans.vpp)
+    return chunks * model.num_layers / (plans.pp * plans.vpp)
+
+
+def activation_bytes(model: ModelSpec, plans: PlanArrays) -> np.ndarray:
+    tokens = plans.micro_batch_size * model.seq_len / plans.cp
+    moe_share = model.num_moe_layers / model.num_layers
+    per_token = ((1 - moe_share) * layer_activation_bytes_per_token(model, plans, False)
+                 + moe_share * layer_activation_bytes_per_token(model, plans, True))
+    stored = inflight_layers(model, plans) * tokens * per_token
+    # Full recomputation rebuilds one layer at a time: one layer's full activations on top.
+    working = np.where(plans.recompute == 2, tokens * _no_recompute(model, plans), 0.0)
+    return stored + working
+
+
+def _no_recompute(model: ModelSpec, plans: PlanArrays) -> np.ndarray:
+    from dataclasses import replace
+
+    plain = replace(plans, recompute=np.zeros_like(plans.recompute))
+    return layer_activation_bytes_per_token(model, plain, model.is_moe)
+
+
+def logits_bytes(model: ModelSpec, plans: PlanArrays) -> np.ndarray:
+    """fp32 logits and their gradient on the last stage, one micro-batch."""
+    tokens = plans.micro_batch_size * model.seq_len / plans.cp
+    return 2 * LOGIT_BYTES * tokens * model.vocab_size / plans.tp
+
+
+def memory_breakdown(model: ModelSpec, plans: PlanArrays) -> dict[str, np.ndarray]:
+    """Per-GPU bytes by term; the peak is their sum (first stage; logits if pp == 1)."""
+    terms = model_state_bytes(model, plans)
+    terms["activations"] = activation_bytes(model, plans)
+    terms["logits"] = np.where(plans.pp == 1, logits_bytes(model, plans), 0.0)
+    dynamic = sum(terms.values())
+    terms["allocator_and_buffers"] = FRAMEWORK_BYTES + FRAGMENTATION_FRACTION * dynamic
+    return {k: np.broadcast_to(np.asarray(v, dtype=float), plans.tp.shape) for k, v in
+            terms.items()}

@@ -1,0 +1,186 @@
+"""Predict published runs: the schema of shared/validation/published_runs_dev.csv is the contract.
+
+Each usable row becomes (ModelSpec, ClusterSpec, plan candidates). Cells the source left
+empty (micro-batch, interleaving, sequence parallelism, recompute, sharding) are not guessed
+per source: every value allowed for them is scored and the fastest plan that fits in memory
+is taken, i.e. we assume the publishers tuned the knobs they did not print. Rows that cannot
+be modelled are skipped with the reason.
+
+Software changes what an empty cell can mean, so the candidates respect what existed when
+the run was published (the first year found in `source`; rows without a year get today's
+software). The attention kernel is read from an optional `flash_attention` column (1/0).
+- FlashAttention appeared in May 2022 (Dao et al., arXiv:2205.14135); Megatron-LM gained
+  `--use-flash-attn` in 2023: earlier runs use the unfused softmax kernels.
+- Selective recomputation and sequence parallelism were introduced by Korthikanti et al. 2022
+  (arXiv:2205.05198), the distributed optimizer in Megatron-LM the same year: earlier runs
+  have neither, and recompute the full layer (`--checkpoint-activations`, the only mode,
+  enabled in every published Megatron-LM script of 2020-21 and in all of Narayanan et al.
+  2021's Table 1 runs).
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cost_models.analytical import TIME_TERMS, estimate_batch
+from cost_models.plan_arrays import PlanArrays, from_plans, to_plan
+from cost_models.specs import ClusterSpec, ModelSpec, Plan, SpecError
+
+REQUIRED_COLUMNS = (
+    "id", "num_layers", "hidden_size", "ffn_hidden_size", "mlp", "num_heads", "num_kv_heads",
+    "head_dim", "seq_len", "vocab_size", "num_experts", "moe_topk",
+    "moe_shared_ffn_hidden_size", "moe_layer_freq", "gpu", "gpus_per_node", "num_gpus",
+    "inter_node_nics", "tp", "pp", "vpp", "dp", "cp", "ep", "micro_batch_size",
+    "global_batch_size", "sequence_parallel", "recompute", "zero", "precision",
+    "ref_iter_time_s", "usable")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Row:
+    id: str
+    model: ModelSpec
+    cluster: ClusterSpec
+    candidates: tuple[Plan, ...]
+    ref_iter_time_s: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Skipped:
+    id: str
+    reason: str
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """The CSV's rows as dicts; a missing file or column is one clear SpecError."""
+    try:
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise SpecError(f"{path}: missing columns {', '.join(missing)}; the schema is "
+                                "documented in the README (published runs CSV)")
+            return list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise SpecError(f"cannot read {path}: {exc}") from None
+
+
+def _int(row: dict, name: str, default: int | None = None) -> int:
+    text = row[name].strip()
+    if text == "":
+        if default is None:
+            raise SpecError(f"column {name} is empty")
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise SpecError(f"column {name}={text!r} is not a number") from None
+    if value != int(value):
+        raise SpecError(f"column {name}={text!r} is not an integer")
+    return int(value)
+
+
+def row_model(row: dict) -> ModelSpec:
+    experts = _int(row, "num_experts", 1)
+    moe = experts > 1
+    ffn = _int(row, "ffn_hidden_size")
+    return ModelSpec(
+        name=row.get("model_name") or row["id"], num_layers=_int(row, "num_layers"),
+        hidden_size=_int(row, "hidden_size"), ffn_hidden_size=ffn,
+        num_heads=_int(row, "num_heads"), num_kv_heads=_int(row, "num_kv_heads"),
+        head_dim=_int(row, "head_dim", 0), seq_len=_int(row, "seq_len"),
+        vocab_size=_int(row, "vocab_size"), mlp=row["mlp"].strip() or "gelu",
+        num_experts=experts, moe_topk=_int(row, "moe_topk", 0) if moe else 0,
+        moe_ffn_hidden_size=ffn if moe else 0,
+        moe_shared_ffn_hidden_size=_int(row, "moe_shared_ffn_hidden_size", 0) if moe else 0,
+        moe_layer_freq=float(row["moe_layer_freq"] or 0) if moe else 0.0)
+
+
+def _choices(row: dict, name: str, allowed: tuple) -> tuple:
+    text = row[name].strip()
+    if text == "":
+        return allowed
+    return (int(float(text)),) if isinstance(allowed[0], int) else (text,)
+
+
+def row_candidates(row: dict, model: ModelSpec) -> tuple[Plan, ...]:
+    """Every plan consistent with the row: printed knobs fixed, empty ones free."""
+    tp, pp, dp, cp = (_int(row, a) for a in ("tp", "pp", "dp", "cp"))
+    gbs = _int(row, "global_batch_size")
+    per_rank = gbs // dp if gbs % dp == 0 else 1
+    mbs_all = tuple(b for b in (1, 2, 4, 8, 16, 32) if per_rank % b == 0) or (1,)
+    vpp_all = tuple(v for v in (1, 2, 3, 4, 6, 8) if model.num_layers % (pp * v) == 0)
+    vpp_all = (vpp_all or (1,)) if pp > 1 else (1,)
+    flash = uses_flash_attention(row)
+    modern = publication_year(row) >= MEGATRON_2022_FEATURES_YEAR
+    space = itertools.product(
+        _choices(row, "micro_batch_size", mbs_all), _choices(row, "vpp", vpp_all),
+        _choices(row, "sequence_parallel", (0, 1) if tp > 1 and modern else (0,)),
+        _choices(row, "recompute", ("none", "selective", "full") if modern else ("full",)),
+        _choices(row, "zero", (0, 1) if modern else (0,)))
+    plans = []
+    for mbs, vpp, sp, recompute, zero in space:
+        try:
+            plans.append(Plan(tp=tp, pp=pp, vpp=vpp, dp=dp, cp=cp, ep=_int(row, "ep", 1),
+                              micro_batch_size=mbs, global_batch_size=gbs,
+                              sequence_parallel=bool(sp) and tp > 1, recompute=recompute,
+                              zero=zero, precision=row["precision"].strip(),
+                              flash_attention=flash))
+        except SpecError:
+            continue
+    if not plans:
+        raise SpecError("no plan is consistent with the printed knobs")
+    return tuple(plans)
+
+
+FLASH_ATTENTION_FIRST_YEAR = 2023
+MEGATRON_2022_FEATURES_YEAR = 2022
+NO_YEAR = 9999
+
+
+def publication_year(row: dict) -> int:
+    year = re.search(r"\b(19|20)\d\d\b", row.get("source") or "")
+    return int(year.group(0)) if year else NO_YEAR
+
+
+def uses_flash_attention(row: dict) -> bool:
+    stated = (row.get("flash_attention") or "").strip()
+    if stated:
+        return stated == "1"
+    return publication_year(row) >= FLASH_ATTENTION_FIRST_YEAR
+
+
+def parse_rows(rows: list[dict], cluster_for_row: Callable[[dict], ClusterSpec]
+               ) -> Iterator[Row | Skipped]:
+    for row in rows:
+        rid = row.get("id", "?")
+        if row.get("usable", "").strip() != "1":
+            yield Skipped(id=rid, reason="usable != 1")
+            continue
+        try:
+            model = row_model(row)
+            yield Row(id=rid, model=model, cluster=cluster_for_row(row),
+                      candidates=row_candidates(row, model),
+                      ref_iter_time_s=float(row["ref_iter_time_s"]))
+        except (SpecError, ValueError, KeyError) as exc:
+            yield Skipped(id=rid, reason=str(exc))
+
+
+def best_candidate(row: Row) -> tuple[Plan, dict[str, float]]:
+    """The fastest candidate that fits in memory (else the one needing least memory)."""
+    arrays: PlanArrays = from_plans(row.candidates)
+    est = estimate_batch(row.model, row.cluster, arrays)
+    fits = est.peak_memory_bytes <= row.cluster.gpu.memory_bytes
+    score = np.where(fits, est.step_time_s, np.inf)
+    i = int(np.argmin(score)) if fits.any() else int(np.argmin(est.peak_memory_bytes))
+    out = {f"{name}_s": float(est.breakdown_s[name][i]) for name in TIME_TERMS}
+    out.update(pred_iter_time_s=float(est.step_time_s[i]), pred_mfu=float(est.mfu[i]),
+               pred_peak_memory_gb=float(est.peak_memory_bytes[i]) / 1e9,
+               fits_memory=bool(fits[i]))
+    return to_plan(arrays, i), out
