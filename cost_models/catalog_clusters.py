@@ -33,7 +33,7 @@ GIB = 2**30
 NVLINK_EFFICIENCY = 0.8
 # ASSUMPTION: NCCL reaches 90% of the InfiniBand line rate for large messages (NCCL's own tuning
 # model applies 0.92 = 120/128 to LL128 ring bandwidth, src/graph/tuning.cc).
-NET_EFFICIENCY = 0.95
+NET_EFFICIENCY = 0.9
 # Per-step latency (alpha) of one ring step: NCCL src/graph/tuning.cc hwLat, Ring/LL128:
 # NVLink 1.9 us, network 4.0 us. ASSUMPTION: crossing the spine adds 0.5 us (two more switch
 # hops of ~130 ns plus longer cables).

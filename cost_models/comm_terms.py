@@ -9,8 +9,11 @@ ranks per node (`placement`). Bytes are counted here, once per axis:
 - CP (ring attention, Liu et al. 2023, arXiv:2310.01889; Megatron-Core context parallel):
   each rank passes its K/V chunk around the ring, cp-1 hops forward, and K/V plus their
   gradients backward; it overlaps the attention core of the same layer.
-- EP (Megatron-Core MoE all-to-all dispatcher): dispatch + combine all-to-all per MoE layer,
-  forward and backward, of each token's hidden state to its top-k experts.
+- EP: dispatch + combine per MoE layer, forward and backward, of each token's hidden state to
+  its top-k experts. Node-deduplicated dispatch (DeepEP; DeepSeek-V3 report arXiv:2412.19437
+  Sec. 3.2.2; Megatron-Core's flex dispatcher) sends a token once to each remote node that
+  hosts one of its experts and forwards it over NVLink there: with uniform routing over
+  `nodes` nodes a token reaches nodes*(1-(1-1/nodes)^k) of them.
 - PP (Narayanan et al. 2021 Sec. 2.2, 4.1): each micro-batch's activation forward and its
   gradient backward cross every stage boundary; a TP rank sends only its 1/tp slice (their
   scatter/gather optimization; the all-gather after it runs on NVLink and is ignored).
@@ -65,9 +68,25 @@ def cp_comm_per_layer_s(model: ModelSpec, plans: PlanArrays, k, cluster: Cluster
     return hops * hop, 2 * hops * hop
 
 
+def remote_copies_per_token(topk: int, nodes) -> np.ndarray:
+    """Expected remote nodes a token is sent to under node-deduplicated dispatch."""
+    nodes = np.maximum(np.asarray(nodes, dtype=float), 1.0)
+    return (nodes - 1.0) * (1.0 - (1.0 - 1.0 / nodes) ** topk)
+
+
 def ep_comm_per_layer_s(model: ModelSpec, plans: PlanArrays, k, cluster: ClusterSpec):
+    """Dispatch + combine of one MoE layer (forward and backward; again if fully recomputed).
+
+    The all-to-all is sized so that its inter-node bytes are the deduplicated ones: a rank's
+    nccl-tests a2a size S sends S*(n-k)/n off-node, so S = remote bytes * n / (n - k).
+    """
     tokens = plans.micro_batch_size * model.seq_len / plans.cp / plans.tp
-    size = tokens * model.moe_topk * model.hidden_size * ACT_BYTES
+    token_bytes = model.hidden_size * ACT_BYTES
+    n, kk = plans.ep.astype(float), np.minimum(k, plans.ep).astype(float)
+    nodes = np.ceil(n / kk)
+    remote = tokens * remote_copies_per_token(model.moe_topk, nodes) * token_bytes
+    local = tokens * model.moe_topk * token_bytes
+    size = np.where(nodes > 1, remote * n / np.maximum(n - kk, 1.0), local)
     passes = np.where(plans.recompute == 2, 3.0, 2.0)
     return 2.0 * passes * collective_time_s(A2A, size, plans.ep, k, cluster)
 

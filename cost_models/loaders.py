@@ -239,7 +239,7 @@ def _hf_moe_layers(data: dict, layers: int, where: str) -> int:
     dense = data.get("mlp_only_layers") or []
     if not isinstance(dense, list):
         raise SpecError(f"{where}: mlp_only_layers must be a list of layer indices")
-    return sum(1 for i in range(layers) if i not in dense)
+    return sum(1 for i in range(layers) if (i + 1) % max(step, 1) == 0 and i not in dense)
 
 
 def _hf_moe(data: dict, layers: int, ffn: int, where: str) -> dict:
