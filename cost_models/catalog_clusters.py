@@ -67,11 +67,9 @@ B200 = GpuSpec(name="B200-180GB", peak_fp16_flops=2250 * TERA, peak_bf16_flops=2
                peak_fp8_flops=4500 * TERA, memory_bytes=180 * GIB,
                hbm_bandwidth_bytes_per_s=8e12)
 # NVIDIA V100 datasheet / DGX-2 datasheet (2 PFLOPS tensor for 16 GPUs): 125 TF FP16 tensor,
-# 32GB HBM2 at 900 GB/s. V100 has no BF16 tensor cores. ASSUMPTION: peak_bf16_flops is set to
-# the FP32 CUDA-core rate (15.7 TF) because GpuSpec requires a positive value; bf16 on V100 is
-# not a sensible training choice.
+# 32GB HBM2 at 900 GB/s. V100 has no BF16 tensor cores: peak_bf16_flops 0 (unsupported).
 V100_32GB = GpuSpec(name="V100-SXM3-32GB", peak_fp16_flops=125 * TERA,
-                    peak_bf16_flops=15.7 * TERA, memory_bytes=32 * GIB,
+                    peak_bf16_flops=0.0, memory_bytes=32 * GIB,
                     hbm_bandwidth_bytes_per_s=900e9)
 # Moore Threads MTT S4000 launch specification (Dec 2023, as reported by Tom's Hardware and
 # io-tech.fi): FP16/BF16 100 TF, INT8 200 TOPS (no FP8 listed), 48GB GDDR6 at 768 GB/s.

@@ -144,9 +144,10 @@ class GpuSpec:
 
     def __post_init__(self) -> None:
         owner = f"gpu {self.name!r}"
-        _positive(owner, peak_fp16_flops=self.peak_fp16_flops,
-                  peak_bf16_flops=self.peak_bf16_flops, memory_bytes=self.memory_bytes,
+        _positive(owner, peak_fp16_flops=self.peak_fp16_flops, memory_bytes=self.memory_bytes,
                   hbm_bandwidth_bytes_per_s=self.hbm_bandwidth_bytes_per_s)
+        _require(self.peak_bf16_flops >= 0 and self.peak_fp8_flops >= 0,
+                 f"{owner}: peak FLOP/s must be >= 0 (0: not supported)")
 
     def peak_flops(self, precision: Precision) -> float:
         peak = {Precision.FP16: self.peak_fp16_flops, Precision.BF16: self.peak_bf16_flops,

@@ -1,0 +1,51 @@
+"""Would a slightly smaller GPU count train the token budget sooner?
+
+GPU counts like 10,000 = 2^4 * 5^4 allow few pipeline depths with TP 8; a count a few percent
+smaller with more factors of two often allows a much better plan. We score the largest counts
+at or below the request that are multiples of 64..1024 GPUs (8 to 128 nodes of 8), down to
+MIN_FRACTION of the request, with the same exact search, and report those that finish the
+token budget sooner.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from tuner.search import Ranked, exhaustive_best
+from tuner.space import Space
+
+ROUNDINGS = (64, 128, 256, 512, 1024)
+MIN_FRACTION = 0.9
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Alternative:
+    num_gpus: int
+    best: Ranked
+    days: float
+    gpu_hours: float
+
+
+def candidate_counts(num_gpus: int) -> list[int]:
+    counts = {num_gpus // q * q for q in ROUNDINGS}
+    return sorted(c for c in counts if MIN_FRACTION * num_gpus <= c < num_gpus)
+
+
+def train_days(tokens_budget: float, tokens_per_s: float) -> float:
+    return tokens_budget / tokens_per_s / 86_400.0
+
+
+def faster_gpu_counts(space: Space, headroom: float, tokens_budget: float,
+                      current: Ranked | None) -> list[Alternative]:
+    """Counts below the request whose best plan trains the budget sooner, fastest first."""
+    base_days = train_days(tokens_budget, current.tokens_per_s) if current else float("inf")
+    out = []
+    for count in candidate_counts(space.num_gpus):
+        best = exhaustive_best(replace(space, num_gpus=count), headroom)
+        if best is None:
+            continue
+        days = train_days(tokens_budget, best.tokens_per_s)
+        if days < base_days:
+            out.append(Alternative(num_gpus=count, best=best, days=days,
+                                   gpu_hours=days * 24 * count))
+    return sorted(out, key=lambda a: a.days)

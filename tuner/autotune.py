@@ -1,0 +1,220 @@
+"""`autotune`: search the plan with the highest predicted MFU and write it as a plan file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from dataclasses import dataclass
+
+from cost_models.analytical import estimate
+from cost_models.gemm_curve import H100_BF16_CURVE
+from cost_models.params import count_parameters
+from cost_models.specs import ClusterSpec, ModelSpec, Precision, SpecError
+from tuner import options as opt
+from tuner.alternatives import faster_gpu_counts, train_days
+from tuner.plan_io import make_provenance, plan_document, save_plan
+from tuner.report import alternatives_block, best_block, header, runners_up
+from tuner.search import Ranked, collect, make_sampler, recover_stale_trials, run_study
+from tuner.space import Knobs, Space, check_space, layouts
+from tuner.storage import open_study
+
+PROGRESS_MIN_LAYOUTS = 200
+
+
+def build_parser(prog: str = "autotune") -> argparse.ArgumentParser:
+    p = opt.Parser(prog=prog, description="Search the training plan with the highest "
+                   "predicted MFU. Subcommands: predict, validate, launch (see "
+                   f"'{prog} SUBCOMMAND --help').")
+    opt.add_model_cluster_args(p)
+    p.add_argument("--gpus", type=int, default=None,
+                   help=f"GPU count (default: the Slurm allocation, else {opt.DEFAULT_GPUS})")
+    b = p.add_argument_group("batch and budget")
+    b.add_argument("--global-batch", help="sequences per step, or a range LO-HI to choose in")
+    b.add_argument("--global-batch-tokens", help="tokens per step, or a range (e.g. 3M-5M); "
+                   "default 4M +-25%%")
+    b.add_argument("--tokens", help="training budget in tokens (default 20 per parameter)")
+    k = p.add_argument_group("pins and exclusions")
+    for name in ("tp", "pp", "cp", "ep", "vpp", "zero"):
+        k.add_argument(f"--{name}", help=f"allowed {name} values, e.g. 8 or 4,8")
+    k.add_argument("--micro-batch", help="allowed micro-batch sizes, e.g. 1,2")
+    k.add_argument("--recompute", help="allowed recompute modes: none,selective,full")
+    k.add_argument("--max-pp", type=int)
+    k.add_argument("--max-tp", type=int)
+    k.add_argument("--no-cp", action="store_true", help="no context parallelism")
+    k.add_argument("--no-sp", action="store_true", help="no sequence parallelism")
+    k.add_argument("--memory-headroom", type=float, default=0.05,
+                   help="fraction of GPU memory kept free (default 0.05)")
+    s = p.add_argument_group("search")
+    s.add_argument("--sampler", default="brute", help="brute (exact, default), tpe, random")
+    s.add_argument("--trials", type=int, help="trial budget (default: every layout)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--storage", help="shared Optuna storage: journal:PATH or sqlite:///db")
+    s.add_argument("--study-name", default="autotune")
+    o = p.add_argument_group("output")
+    o.add_argument("--top-k", type=int, default=5)
+    o.add_argument("--out", help="write the plan JSON here")
+    o.add_argument("--format", default="text", choices=("text", "json", "megatron",
+                                                        "deepspeed"))
+    o.add_argument("--plot", help="write PNG figures into this folder")
+    o.add_argument("--quiet", action="store_true", help="only the plan (and errors)")
+    o.add_argument("--no-alternatives", action="store_true",
+                   help="skip scoring nearby GPU counts")
+    return p
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Request:
+    model: ModelSpec
+    cluster: ClusterSpec
+    default_cluster: bool
+    space: Space
+    tokens_budget: float
+    batch_note: str
+
+
+def _knobs(args: argparse.Namespace) -> Knobs:
+    def pins(flag: str):
+        value = getattr(args, flag.replace("-", "_"))
+        return None if value is None else opt.int_list(value, f"--{flag}")
+
+    fields = {name: pins(name) for name in ("tp", "pp", "cp", "ep", "vpp")}
+    if args.no_cp:
+        if fields["cp"] not in (None, (1,)):
+            raise SpecError("--no-cp contradicts --cp; keep one of them")
+        fields["cp"] = (1,)
+    extra = {}
+    if args.zero is not None:
+        extra["zero"] = opt.zero_list(args.zero)
+    if args.micro_batch is not None:
+        extra["micro_batch_size"] = opt.int_list(args.micro_batch, "--micro-batch")
+    if args.recompute is not None:
+        extra["recompute"] = opt.recompute_list(args.recompute)
+    if args.no_sp:
+        extra["sequence_parallel"] = (False,)
+    return Knobs(**fields, **extra, max_pp=args.max_pp, max_tp=args.max_tp)
+
+
+def _batch_range(args: argparse.Namespace, seq_len: int) -> tuple[tuple[int, int], str]:
+    if args.global_batch and args.global_batch_tokens:
+        raise SpecError("--global-batch and --global-batch-tokens contradict; give one")
+    if args.global_batch:
+        lo, hi = opt.value_range(args.global_batch, "--global-batch")
+        return (int(lo), int(hi)), f"{args.global_batch} sequences (requested)"
+    if args.global_batch_tokens:
+        lo, hi = opt.value_range(args.global_batch_tokens, "--global-batch-tokens")
+        note = f"{args.global_batch_tokens} tokens (requested)"
+    else:
+        target = opt.DEFAULT_BATCH_TOKENS
+        lo, hi = target * (1 - opt.DEFAULT_BATCH_SLACK), target * (1 + opt.DEFAULT_BATCH_SLACK)
+        note = "default ~4M tokens +-25%"
+    seqs = (max(int(lo // seq_len), 1), max(int(hi // seq_len), 1))
+    return seqs, f"{note} = {seqs[0]}-{seqs[1]} sequences of {seq_len}"
+
+
+def _gpus(args: argparse.Namespace) -> int:
+    if args.gpus is not None:
+        if args.gpus < 1:
+            raise SpecError(f"--gpus {args.gpus} must be >= 1")
+        return args.gpus
+    from tuner.slurm_env import current_allocation
+
+    allocation = current_allocation()
+    if allocation is not None and allocation.gpus_per_node > 0:
+        return allocation.num_nodes * allocation.gpus_per_node
+    return opt.DEFAULT_GPUS
+
+
+def build_request(args: argparse.Namespace) -> Request:
+    model, cluster, default = opt.load_inputs(args)
+    gbs_range, note = _batch_range(args, model.seq_len)
+    space = Space(model=model, cluster=cluster, num_gpus=_gpus(args),
+                  global_batch_range=gbs_range, precision=Precision(args.precision),
+                  knobs=_knobs(args))
+    check_space(space)
+    tokens = (opt.quantity(args.tokens, "--tokens") if args.tokens
+              else opt.TOKENS_PER_PARAM * count_parameters(model))
+    if not 0.0 <= args.memory_headroom < 1.0:
+        raise SpecError(f"--memory-headroom {args.memory_headroom} must be in [0, 1)")
+    return Request(model=model, cluster=cluster, default_cluster=default, space=space,
+                   tokens_budget=tokens, batch_note=note)
+
+
+def search(req: Request, args: argparse.Namespace) -> tuple[list[Ranked], dict[str, str]]:
+    study = open_study(args.storage, args.study_name, make_sampler(args.sampler, args.seed))
+    recover_stale_trials(study)
+    progress = (not args.quiet and sys.stderr.isatty()
+                and len(layouts(req.space)) >= PROGRESS_MIN_LAYOUTS)
+    run_study(study, req.space, headroom=args.memory_headroom, n_trials=args.trials,
+              progress=progress)
+    return collect(study)
+
+
+def no_plan_message(req: Request, infeasible: dict[str, str]) -> str:
+    reasons = sorted(set(infeasible.values()))[:2]
+    return (f"no plan of {req.model.name} fits {req.space.num_gpus} x {req.cluster.gpu.name}: "
+            f"{'; '.join(reasons)}; use more GPUs, a larger-memory GPU, --zero 3 with "
+            "--pp 1, or a smaller model")
+
+
+def plan_doc(req: Request, best: Ranked, ranked: list[Ranked], args) -> dict:
+    measured = " sha256:" in req.cluster.source  # loaders stamp profile files this way
+    provenance = make_provenance(
+        cost_model="cost_models.analytical", preset=None if measured else req.cluster.name,
+        parameters={"gemm_curve": H100_BF16_CURVE.source,
+                    "memory_headroom": args.memory_headroom, "sampler": args.sampler},
+        profile_path=req.cluster.source.split(" sha256:")[0] if measured else None)
+    alternatives = [(r.plan, estimate(req.model, req.cluster, r.plan))
+                    for r in ranked[1:args.top_k]]
+    return plan_document(req.model, req.cluster, best.plan,
+                         estimate(req.model, req.cluster, best.plan),
+                         tokens_budget=req.tokens_budget, provenance=provenance,
+                         alternatives=alternatives)
+
+
+def emit(doc: dict, fmt: str) -> None:
+    if fmt == "json":
+        print(json.dumps(doc, indent=2))
+    elif fmt == "megatron":
+        print(shlex.join(doc["launch"]["megatron_args"] or []))
+    elif fmt == "deepspeed":
+        print(json.dumps(doc["launch"]["deepspeed_config"], indent=2))
+
+
+def text_report(req: Request, ranked: list[Ranked], args) -> str:
+    best = ranked[0]
+    parts = [header(req.model, req.cluster, req.space.num_gpus, req.default_cluster),
+             best_block(best, req.cluster, req.model.seq_len, req.batch_note,
+                        req.tokens_budget)]
+    if args.top_k > 1 and len(ranked) > 1:
+        parts.append(runners_up(ranked, args.top_k))
+    if not args.no_alternatives:
+        alts = faster_gpu_counts(req.space, args.memory_headroom, req.tokens_budget, best)
+        parts.append(alternatives_block(alts, req.space.num_gpus,
+                                        train_days(req.tokens_budget, best.tokens_per_s)))
+    return "\n".join(parts)
+
+
+def run(argv: list[str], prog: str = "autotune") -> int:
+    args = build_parser(prog).parse_args(argv)
+    req = build_request(args)
+    ranked, infeasible = search(req, args)
+    if not ranked:
+        raise SpecError(no_plan_message(req, infeasible))
+    doc = plan_doc(req, ranked[0], ranked, args)
+    if args.out:
+        save_plan(doc, args.out)
+    if args.plot:
+        from tuner.plots import write_plots
+
+        write_plots(args.plot, req, ranked, args)
+    if args.format != "text":
+        emit(doc, args.format)
+    elif args.quiet:
+        print(ranked[0].plan.name)
+    else:
+        print(text_report(req, ranked, args))
+        if args.out:
+            print(f"Plan    written to {args.out}")
+    return 0

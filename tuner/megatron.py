@@ -1,0 +1,225 @@
+"""A plan as Megatron-LM command-line arguments, and the checks megatron-core does not make.
+
+Flag names and their meaning follow Megatron-LM `megatron/training/arguments.py` for
+megatron-core 0.16 (the version pinned in pyproject.toml); the field names of
+`megatron_transformer_config_kwargs` follow `core_transformer_config_from_args` there, so the
+tests can build megatron-core's own `TransformerConfig` from the same values.
+
+ZeRO stages map onto Megatron's own data-parallel sharding:
+  zero 0 -> plain DDP (gradient all-reduce)
+  zero 1 -> `--use-distributed-optimizer` (optimizer state sharded, gradients reduce-scattered)
+  zero 2 -> Megatron-FSDP, `--data-parallel-sharding-strategy optim_grads`
+  zero 3 -> Megatron-FSDP, `--data-parallel-sharding-strategy optim_grads_params`
+Megatron-FSDP (`--use-megatron-fsdp`) is chosen over `--use-torch-fsdp2` because FSDP2 refuses
+pipeline and expert parallelism in Megatron-LM 0.16; Megatron-FSDP only saves the
+`fsdp_dtensor` checkpoint format, hence `--ckpt-format fsdp_dtensor`.
+
+Standard library only: megatron-core needs torch, which tuner/ must not import.
+"""
+
+from __future__ import annotations
+
+from cost_models.specs import Mlp, ModelSpec, Plan, Precision, Recompute, SpecError
+
+# Megatron-LM can lay ranks out in two orders only (innermost first): its default, and the one
+# `--use-tp-pp-dp-mapping` selects. ep is carved out of tp*cp*dp in both (ETP = 1).
+_ORDER_FLAGS: dict[str, tuple[str, ...]] = {
+    "tp-cp-dp-pp": (),
+    "tp-cp-pp-dp": ("--use-tp-pp-dp-mapping",),
+}
+_SHARDING = {2: "optim_grads", 3: "optim_grads_params"}  # Megatron-FSDP strategies
+_ACTIVATIONS = {Mlp.GELU: "gelu", Mlp.SWIGLU: "silu", Mlp.RELU2: "squared_relu"}
+_DTYPES = {Precision.FP16: "float16", Precision.BF16: "bfloat16", Precision.FP8: "bfloat16"}
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise SpecError(message)
+
+
+def check_megatron(model: ModelSpec, plan: Plan) -> None:
+    """Raise SpecError for a plan Megatron-LM cannot run but megatron-core's configs accept.
+
+    megatron-core 0.16 `TransformerConfig` itself rejects heads % tp, sequence parallel with
+    tp 1 and fp16 with bf16; it lets the checks below through and training fails later.
+    """
+    where = f"Megatron-LM cannot run plan {plan.name} for model {model.name!r}:"
+    _require(model.num_heads % plan.tp == 0,
+             f"{where} num_heads={model.num_heads} is not divisible by tp={plan.tp}")
+    _require(model.num_kv_heads % plan.tp == 0,
+             f"{where} num_kv_heads={model.num_kv_heads} (query groups) is not divisible by "
+             f"tp={plan.tp}; use a tp that divides {model.num_kv_heads}")
+    _require(model.num_layers % (plan.pp * plan.vpp) == 0,
+             f"{where} num_layers={model.num_layers} is not divisible by pp*vpp="
+             f"{plan.pp}*{plan.vpp}")
+    _require(plan.cp == 1 or model.seq_len % (2 * plan.cp) == 0,
+             f"{where} seq_len={model.seq_len} must be a multiple of 2*cp={2 * plan.cp}")
+    _require(model.mlp in _ACTIVATIONS,
+             f"{where} Megatron-LM has no flag for a {model.mlp.value} MLP "
+             "(it has gelu, --swiglu, --squared-relu)")
+    _require(plan.order in _ORDER_FLAGS,
+             f"{where} order {plan.order!r} is not one Megatron-LM can place; use one of "
+             f"{', '.join(_ORDER_FLAGS)}")
+    _check_experts(model, plan, where)
+
+
+def _check_experts(model: ModelSpec, plan: Plan, where: str) -> None:
+    if not model.is_moe:
+        _require(plan.ep == 1, f"{where} ep={plan.ep} needs an MoE model (num_experts > 1)")
+        return
+    _require(model.num_experts % plan.ep == 0,
+             f"{where} num_experts={model.num_experts} is not divisible by ep={plan.ep}")
+    dense_ranks = plan.tp * plan.cp * plan.dp
+    _require(dense_ranks % plan.ep == 0,
+             f"{where} ep={plan.ep} must divide tp*cp*dp={dense_ranks} (expert tensor parallel 1)")
+    _require(plan.ep == 1 or plan.precision != Precision.FP16,
+             f"{where} expert parallelism (ep={plan.ep}) does not support fp16; use bf16")
+
+
+def moe_layer_pattern(model: ModelSpec) -> str:
+    """`--moe-layer-freq` for the model's fraction of MoE layers.
+
+    An integer N means "layer i is MoE when i % N == 0" in Megatron-LM; it is used when it
+    gives exactly `model.num_moe_layers`. Otherwise a list spreads the MoE layers evenly.
+    """
+    layers, moe = model.num_layers, model.num_moe_layers
+    every = round(1 / model.moe_layer_freq)
+    if layers % every == 0 and layers // every == moe:
+        return str(every)
+    flags = [(i + 1) * moe // layers - i * moe // layers for i in range(layers)]
+    return "[" + ",".join(str(flag) for flag in flags) + "]"
+
+
+def _parallel_args(model: ModelSpec, plan: Plan) -> list[str]:
+    args = ["--tensor-model-parallel-size", str(plan.tp),
+            "--pipeline-model-parallel-size", str(plan.pp)]
+    if plan.vpp > 1:
+        per_stage = model.num_layers // (plan.pp * plan.vpp)
+        args += ["--num-layers-per-virtual-pipeline-stage", str(per_stage)]
+    args += ["--context-parallel-size", str(plan.cp),
+             "--expert-model-parallel-size", str(plan.ep)]
+    if model.is_moe:
+        args += ["--expert-tensor-parallel-size", "1"]
+    if plan.sequence_parallel:
+        args.append("--sequence-parallel")
+    return args + list(_ORDER_FLAGS[plan.order])
+
+
+def _batch_and_memory_args(plan: Plan) -> list[str]:
+    args = ["--micro-batch-size", str(plan.micro_batch_size),
+            "--global-batch-size", str(plan.global_batch_size)]
+    if plan.recompute == Recompute.SELECTIVE:
+        args += ["--recompute-granularity", "selective"]
+    elif plan.recompute == Recompute.FULL:
+        args += ["--recompute-granularity", "full", "--recompute-method", "uniform",
+                 "--recompute-num-layers", "1"]
+    if plan.zero == 1:
+        args.append("--use-distributed-optimizer")
+    elif plan.zero >= 2:
+        args += ["--use-megatron-fsdp", "--data-parallel-sharding-strategy",
+                 _SHARDING[plan.zero], "--ckpt-format", "fsdp_dtensor"]
+    return args
+
+
+def _precision_args(plan: Plan) -> list[str]:
+    if plan.precision == Precision.FP16:
+        return ["--fp16"]
+    if plan.precision == Precision.FP8:  # FP8 GEMMs through Transformer Engine, bf16 elsewhere
+        return ["--bf16", "--fp8-format", "hybrid"]
+    return ["--bf16"]
+
+
+def _model_args(model: ModelSpec) -> list[str]:
+    args = ["--num-layers", str(model.num_layers), "--hidden-size", str(model.hidden_size),
+            "--ffn-hidden-size", str(model.ffn_hidden_size),
+            "--num-attention-heads", str(model.num_heads), "--kv-channels", str(model.head_dim),
+            "--seq-length", str(model.seq_len),
+            "--max-position-embeddings", str(model.seq_len)]
+    if model.num_kv_heads != model.num_heads:
+        args += ["--group-query-attention", "--num-query-groups", str(model.num_kv_heads)]
+    args += {Mlp.SWIGLU: ["--swiglu"], Mlp.RELU2: ["--squared-relu"]}.get(model.mlp, [])
+    if not model.tied_embeddings:
+        args.append("--untie-embeddings-and-output-weights")
+    return args + _moe_args(model)
+
+
+def _moe_args(model: ModelSpec) -> list[str]:
+    if not model.is_moe:
+        return []
+    args = ["--num-experts", str(model.num_experts), "--moe-router-topk", str(model.moe_topk),
+            "--moe-ffn-hidden-size", str(model.moe_ffn_hidden_size),
+            "--moe-layer-freq", moe_layer_pattern(model)]
+    if model.moe_shared_ffn_hidden_size > 0:
+        args += ["--moe-shared-expert-intermediate-size", str(model.moe_shared_ffn_hidden_size)]
+    return args
+
+
+def megatron_args(model: ModelSpec, plan: Plan) -> list[str]:
+    """Megatron-LM arguments (for pretrain_gpt.py) that lay out `plan` for `model`.
+
+    Data, tokenizer, optimizer and schedule arguments are the user's: append them.
+    """
+    check_megatron(model, plan)
+    return (_parallel_args(model, plan) + _batch_and_memory_args(plan) + _precision_args(plan)
+            + _model_args(model))
+
+
+def megatron_env(plan: Plan) -> dict[str, str]:
+    """Environment Megatron-LM 0.16 asserts on: one CUDA stream queue when tp or cp > 1 orders
+    the TP/CP communication before the GEMMs it overlaps; Megatron-FSDP needs more than one."""
+    if (plan.tp > 1 or plan.cp > 1) and plan.zero < 2:
+        return {"CUDA_DEVICE_MAX_CONNECTIONS": "1"}
+    return {}
+
+
+def megatron_transformer_config_kwargs(model: ModelSpec, plan: Plan) -> dict[str, object]:
+    """Keyword arguments of megatron-core's `TransformerConfig` for the same plan.
+
+    tuner/ cannot import torch, so three values are names for the caller to resolve:
+    `params_dtype` and `pipeline_dtype` name a `torch` dtype attribute, and `activation_func`
+    names a function in `megatron.core.activations` or `torch.nn.functional`.
+    """
+    check_megatron(model, plan)
+    kwargs: dict[str, object] = {
+        "tensor_model_parallel_size": plan.tp, "pipeline_model_parallel_size": plan.pp,
+        "virtual_pipeline_model_parallel_size": plan.vpp if plan.vpp > 1 else None,
+        "context_parallel_size": plan.cp, "expert_model_parallel_size": plan.ep,
+        "sequence_parallel": plan.sequence_parallel,
+        "num_layers": model.num_layers, "hidden_size": model.hidden_size,
+        "ffn_hidden_size": model.ffn_hidden_size, "num_attention_heads": model.num_heads,
+        "kv_channels": model.head_dim,
+        "num_query_groups": model.num_kv_heads if model.num_kv_heads != model.num_heads else None,
+        "gated_linear_unit": model.mlp == Mlp.SWIGLU, "activation_func": _ACTIVATIONS[model.mlp],
+        "fp16": plan.precision == Precision.FP16, "bf16": plan.precision != Precision.FP16,
+        "fp8": "hybrid" if plan.precision == Precision.FP8 else None,
+        "params_dtype": _DTYPES[plan.precision], "pipeline_dtype": _DTYPES[plan.precision],
+    }
+    kwargs.update(_recompute_kwargs(plan))
+    kwargs.update(_moe_kwargs(model))
+    return kwargs
+
+
+def _recompute_kwargs(plan: Plan) -> dict[str, object]:
+    if plan.recompute == Recompute.FULL:
+        return {"recompute_granularity": "full", "recompute_method": "uniform",
+                "recompute_num_layers": 1}
+    if plan.recompute == Recompute.SELECTIVE:
+        return {"recompute_granularity": "selective"}
+    return {}
+
+
+def _moe_kwargs(model: ModelSpec) -> dict[str, object]:
+    if not model.is_moe:
+        return {}
+    pattern = moe_layer_pattern(model)
+    freq = [int(flag) for flag in pattern[1:-1].split(",")] if pattern[0] == "[" else int(pattern)
+    return {"num_moe_experts": model.num_experts, "moe_router_topk": model.moe_topk,
+            "moe_ffn_hidden_size": model.moe_ffn_hidden_size, "moe_layer_freq": freq,
+            "moe_shared_expert_intermediate_size": model.moe_shared_ffn_hidden_size or None,
+            "expert_tensor_parallel_size": 1}
+
+
+def megatron_ddp_config_kwargs(plan: Plan) -> dict[str, object]:
+    """Keyword arguments of megatron-core's `DistributedDataParallelConfig` for plan.zero."""
+    return {"use_distributed_optimizer": plan.zero == 1, "use_megatron_fsdp": plan.zero >= 2,
+            "data_parallel_sharding_strategy": _SHARDING.get(plan.zero, "no_shard")}

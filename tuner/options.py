@@ -1,0 +1,106 @@
+"""Command-line vocabulary shared by `autotune` (search) and `autotune predict`.
+
+Parsers raise SpecError with one line naming the flag, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from dataclasses import replace
+
+from cost_models.loaders import load_cluster, load_model
+from cost_models.specs import ClusterSpec, ModelSpec, Precision, Recompute, SpecError
+
+DEFAULT_MODEL = "500b"
+DEFAULT_GPUS = 10000
+DEFAULT_CLUSTER = "dgx-h100"
+# Large runs use ~4M tokens per step (Llama 3 405B: 4M-16M, arXiv:2407.21783 Sec. 3.4.1;
+# GPT-3 175B: 3.2M, arXiv:2005.14165 Table 2.1); the default allows +-25% around 4M so that
+# the global batch divides evenly across data-parallel ranks of awkward GPU counts.
+DEFAULT_BATCH_TOKENS = 4 * 2**20
+DEFAULT_BATCH_SLACK = 0.25
+TOKENS_PER_PARAM = 20  # Hoffmann et al. 2022 (Chinchilla), compute-optimal tokens/parameter
+_SUFFIX = {"": 1.0, "k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
+_QUANTITY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmbgt]?)\s*$", re.IGNORECASE)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line and exits 2 (no usage dump)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def quantity(text: str, flag: str) -> float:
+    match = _QUANTITY.match(text)
+    if match is None:
+        raise SpecError(f"{flag} {text!r} is not a number like 512, 4M or 10T")
+    return float(match.group(1)) * _SUFFIX[match.group(2).lower()]
+
+
+def int_list(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise SpecError(f"{flag} {text!r} must be an integer or a comma list like 4,8") from None
+    if any(v < 1 for v in values):
+        raise SpecError(f"{flag} {text!r}: values must be >= 1")
+    return values
+
+
+def zero_list(text: str) -> tuple[int, ...]:
+    values = tuple(v.strip() for v in text.split(","))
+    if not all(v in ("0", "1", "2", "3") for v in values):
+        raise SpecError(f"--zero {text!r}: use 0, 1, 2, 3 or a comma list like 1,3")
+    return tuple(int(v) for v in values)
+
+
+def value_range(text: str, flag: str) -> tuple[float, float]:
+    """'512' -> (512, 512); '384-640' -> (384, 640); suffixes allowed ('3M-5M')."""
+    parts = text.split("-")
+    if len(parts) not in (1, 2):
+        raise SpecError(f"{flag} {text!r} must be a value or a range LO-HI")
+    lo, hi = (quantity(parts[0], flag), quantity(parts[-1], flag))
+    if lo <= 0 or hi < lo:
+        raise SpecError(f"{flag} {text!r}: need 0 < LO <= HI")
+    return lo, hi
+
+
+def add_model_cluster_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and cluster")
+    g.add_argument("--model", default=DEFAULT_MODEL,
+                   help="preset (e.g. llama3-70b), size (500b, 1t), JSON/YAML spec or HF "
+                        f"config.json (default {DEFAULT_MODEL})")
+    g.add_argument("--cluster", default=None,
+                   help="cluster preset (dgx-h100, dgx-a100-80gb, ...) or a profile JSON "
+                        f"fitted by the benchmark suite (default {DEFAULT_CLUSTER})")
+    g.add_argument("--seq-len", type=int, default=None, help="sequence length (tokens)")
+    g.add_argument("--precision", default="bf16", choices=[p.value for p in Precision])
+
+
+def load_inputs(args: argparse.Namespace) -> tuple[ModelSpec, ClusterSpec, bool]:
+    """(model, cluster, whether the cluster is the built-in default)."""
+    model = load_model(args.model)
+    if args.seq_len is not None:
+        if args.seq_len < 1:
+            raise SpecError(f"--seq-len {args.seq_len} must be >= 1")
+        model = replace(model, seq_len=args.seq_len)
+    default = args.cluster is None
+    cluster = load_cluster(DEFAULT_CLUSTER if default else args.cluster)
+    cluster.gpu.peak_flops(Precision(args.precision))  # clear error if unsupported
+    return model, cluster, default
+
+
+def recompute_list(text: str) -> tuple[Recompute, ...]:
+    try:
+        return tuple(Recompute(v) for v in text.split(","))
+    except ValueError:
+        raise SpecError(f"--recompute {text!r}: use none, selective, full or a comma "
+                        "list") from None
+
+
+def fail(prog: str, message: str) -> int:
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return 2

@@ -1,0 +1,319 @@
+"""The plan file: a versioned JSON document, the contract between `autotune` and the launchers.
+
+    doc = plan_document(model, cluster, plan, estimate, tokens_budget=2e12, provenance=prov)
+    save_plan(doc, "results/plans/llama3-70b_h100_512.json")   # atomic
+    loaded = load_plan("results/plans/llama3-70b_h100_512.json")  # -> LoadedPlan
+
+The schema is documented in README.md ("The plan file"). A reader rejects a file whose
+`schema_version` differs from PLAN_SCHEMA_VERSION, a missing or mistyped field, and unknown
+fields in `model` or `plan`, each with one SpecError line naming the file and the field.
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import numbers
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
+from enum import Enum
+from importlib import metadata
+from pathlib import Path
+
+from cost_models.specs import ClusterSpec, Estimate, ModelSpec, Plan, SpecError
+from tuner.deepspeed_config import deepspeed_config
+from tuner.megatron import megatron_args, megatron_env
+
+PLAN_SCHEMA_VERSION = 1
+PLAN_KIND = "partune.plan"
+SECONDS_PER_DAY = 86_400.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class LoadedPlan:
+    """A plan file read back: the specs rebuilt, the rest as stored."""
+
+    model: ModelSpec
+    plan: Plan
+    cluster_name: str
+    gpu_name: str
+    gpu_memory_bytes: int
+    gpus_per_node: int
+    prediction: Mapping[str, object]
+    raw: Mapping[str, object]
+
+    @property
+    def num_gpus(self) -> int:
+        return self.plan.num_gpus
+
+
+# ---------------------------------------------------------------- writing
+
+def _plain(value: object) -> object:
+    """A JSON-ready copy: enums by value, numpy scalars as Python numbers, tuples as lists."""
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, bool | str) or value is None:
+        return value
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    if isinstance(value, numbers.Integral):
+        return int(value)  # int and numpy integers
+    if isinstance(value, numbers.Real):
+        return float(value)
+    raise TypeError(f"{type(value).__name__} {value!r} cannot be stored in a plan file")
+
+
+def spec_dict(spec: object) -> dict[str, object]:
+    """A frozen spec dataclass as a JSON-ready dict, one key per field."""
+    return {f.name: _plain(getattr(spec, f.name)) for f in dataclasses.fields(spec)}
+
+
+def time_to_train(tokens_budget: float, tokens_per_s: float, num_gpus: int) -> dict[str, object]:
+    """Wall time and GPU-hours to process `tokens_budget` tokens at `tokens_per_s`."""
+    if tokens_per_s <= 0 or not math.isfinite(tokens_per_s):
+        return {"tokens": tokens_budget, "seconds": None, "days": None, "gpu_hours": None}
+    seconds = tokens_budget / tokens_per_s
+    return {"tokens": tokens_budget, "seconds": seconds, "days": seconds / SECONDS_PER_DAY,
+            "gpu_hours": seconds * num_gpus / 3600.0}
+
+
+def prediction_block(estimate: Estimate, tokens_budget: float, num_gpus: int) -> dict[str, object]:
+    """What the cost model predicts, in the plan file's units (bytes as integers)."""
+    return {
+        "step_time_s": float(estimate.step_time_s), "mfu": float(estimate.mfu),
+        "tokens_per_s": float(estimate.tokens_per_s),
+        "model_tflops_per_gpu": float(estimate.model_tflops_per_gpu),
+        "model_flops_per_step": float(estimate.model_flops_per_step),
+        "peak_memory_bytes": round(estimate.peak_memory_bytes),
+        "memory_capacity_bytes": round(estimate.memory_capacity_bytes),
+        "breakdown_s": _plain(dict(estimate.breakdown_s)),
+        "memory_breakdown_bytes": {name: round(size_bytes) for name, size_bytes
+                                   in estimate.memory_breakdown_bytes.items()},
+        "feasible": estimate.feasible, "infeasible_reason": estimate.infeasible_reason,
+        "notes": list(estimate.notes),
+        "time_to_train": time_to_train(tokens_budget, float(estimate.tokens_per_s), num_gpus),
+    }
+
+
+def cluster_block(cluster: ClusterSpec) -> dict[str, object]:
+    """The cluster the plan was made for: the GPU, the node size and the fabric tiers."""
+    return {"name": cluster.name, "source": cluster.source, "gpu": spec_dict(cluster.gpu),
+            "gpu_memory_bytes": cluster.gpu.memory_bytes, "gpus_per_node": cluster.gpus_per_node,
+            "nics_per_node": cluster.nics_per_node,
+            "nic_bandwidth_bytes_per_s": float(cluster.nic_bandwidth_bytes_per_s),
+            "tiers": [spec_dict(tier) for tier in cluster.tiers]}
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def tool_version() -> str:
+    try:
+        return metadata.version("partune")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def make_provenance(*, cost_model: str, parameters: Mapping[str, object],
+                    profile_path: str | os.PathLike[str] | None = None,
+                    preset: str | None = None) -> dict[str, object]:
+    """Where the cost model's parameters came from: a preset, or a measured profile file."""
+    block: dict[str, object] = {"name": cost_model, "parameters": _plain(dict(parameters))}
+    if profile_path is None:
+        block |= {"source": "preset", "preset": preset}
+    else:
+        if not Path(profile_path).is_file():
+            raise SpecError(f"profile file {str(profile_path)!r} does not exist; "
+                            "pass the cluster JSON the cost model was fitted from")
+        block |= {"source": "measured", "profile_path": str(profile_path),
+                  "profile_sha256": file_sha256(profile_path)}
+    return {"tool": "partune", "tool_version": tool_version(), "cost_model": block}
+
+
+def launch_block(model: ModelSpec, plan: Plan) -> dict[str, object]:
+    """Megatron-LM arguments and DeepSpeed config; null with the reason where unsupported."""
+    block: dict[str, object] = {"megatron_args": None, "megatron_env": {},
+                                "deepspeed_config": None, "unsupported": {}}
+    try:
+        block["megatron_args"] = megatron_args(model, plan)
+        block["megatron_env"] = megatron_env(plan)
+    except SpecError as error:
+        block["unsupported"]["megatron"] = str(error)
+    try:
+        block["deepspeed_config"] = deepspeed_config(model, plan)
+    except SpecError as error:
+        block["unsupported"]["deepspeed"] = str(error)
+    return block
+
+
+def _layout_block(plan: Plan, cluster: ClusterSpec) -> dict[str, object]:
+    return {"name": plan.name, "num_gpus": plan.num_gpus,
+            "num_nodes": -(-plan.num_gpus // cluster.gpus_per_node),
+            "num_microbatches": plan.num_microbatches}
+
+
+def plan_document(model: ModelSpec, cluster: ClusterSpec, plan: Plan, estimate: Estimate, *,
+                  tokens_budget: float, provenance: Mapping[str, object],
+                  alternatives: Iterable[tuple[Plan, Estimate]] = ()) -> dict[str, object]:
+    """The plan file's content for one chosen plan (and ranked runners-up)."""
+    if "cost_model" not in provenance:
+        raise SpecError("provenance needs a 'cost_model' entry; build it with make_provenance()")
+    stamp = {"tool": "partune", "tool_version": tool_version(),
+             "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    return {
+        "kind": PLAN_KIND, "schema_version": PLAN_SCHEMA_VERSION,
+        "model": spec_dict(model), "cluster": cluster_block(cluster),
+        "plan": spec_dict(plan), "layout": _layout_block(plan, cluster),
+        "prediction": prediction_block(estimate, tokens_budget, plan.num_gpus),
+        "alternatives": [{"plan": spec_dict(other), "layout": _layout_block(other, cluster),
+                          "prediction": prediction_block(other_estimate, tokens_budget,
+                                                         other.num_gpus)}
+                         for other, other_estimate in alternatives],
+        "provenance": stamp | _plain(dict(provenance)),
+        "launch": launch_block(model, plan),
+    }
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Write `text` to `path` through a temp file in the same folder and os.replace.
+
+    Readers see the old file or the new one, never a part: on any failure the temp file is
+    removed and `path` is untouched.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
+                                         dir=target.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temp_name, target)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: str | os.PathLike[str], document: Mapping[str, object]) -> None:
+    try:
+        text = json.dumps(document, indent=2, allow_nan=False) + "\n"
+    except (TypeError, ValueError) as error:
+        raise SpecError(f"cannot write {str(path)!r}: {error}") from None
+    write_text_atomic(path, text)
+
+
+def save_plan(doc: Mapping[str, object], path: str | os.PathLike[str]) -> None:
+    """Write a plan document atomically (temp file + os.replace)."""
+    write_json_atomic(path, doc)
+
+
+# ---------------------------------------------------------------- reading
+
+_JSON_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,),
+               "Mlp": (str,), "Recompute": (str,), "Precision": (str,)}
+
+
+def _spec_from_dict(kind: type, data: object, where: str) -> object:
+    """Rebuild a spec dataclass, naming the first missing, unknown or mistyped field."""
+    if not isinstance(data, Mapping):
+        raise SpecError(f"{where} must be a JSON object")
+    fields = {f.name: f for f in dataclasses.fields(kind)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise SpecError(f"{where} has unknown field(s) {', '.join(unknown)}")
+    for name, spec_field in fields.items():
+        required = spec_field.default is dataclasses.MISSING
+        if name not in data:
+            if required:
+                raise SpecError(f"{where}.{name} is missing")
+            continue
+        allowed = _JSON_TYPES.get(str(spec_field.type), (object,))
+        value = data[name]
+        if not isinstance(value, allowed) or (bool not in allowed and isinstance(value, bool)):
+            raise SpecError(f"{where}.{name}={value!r} has the wrong type "
+                            f"(expected {spec_field.type})")
+    return kind(**data)
+
+
+def _section(doc: Mapping[str, object], key: str) -> Mapping[str, object]:
+    value = doc.get(key)
+    if not isinstance(value, Mapping):
+        raise SpecError(f"'{key}' is missing or not a JSON object")
+    return value
+
+
+def _number(block: Mapping[str, object], key: str, where: str) -> float:
+    value = block.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SpecError(f"{where}.{key} is missing or not a number")
+    return value
+
+
+def _check_prediction(prediction: Mapping[str, object]) -> None:
+    for key in ("step_time_s", "mfu", "tokens_per_s", "peak_memory_bytes"):
+        _number(prediction, key, "prediction")
+    _section(prediction, "breakdown_s")
+    _section(prediction, "time_to_train")
+
+
+def parse_plan(doc: object) -> LoadedPlan:
+    """Validate a plan document (already parsed JSON) and rebuild its specs."""
+    if not isinstance(doc, Mapping):
+        raise SpecError("the top level must be a JSON object")
+    version = doc.get("schema_version")
+    if version != PLAN_SCHEMA_VERSION:
+        raise SpecError(f"schema_version is {version!r}, this partune ({tool_version()}) reads "
+                        f"{PLAN_SCHEMA_VERSION}; re-run `autotune search` to write a new plan")
+    model = _spec_from_dict(ModelSpec, doc.get("model"), "model")
+    plan = _spec_from_dict(Plan, doc.get("plan"), "plan")
+    cluster, prediction = _section(doc, "cluster"), _section(doc, "prediction")
+    _check_prediction(prediction)
+    _section(_section(doc, "provenance"), "cost_model")
+    launch = _section(doc, "launch")
+    for key in ("megatron_args", "deepspeed_config"):
+        if key not in launch:
+            raise SpecError(f"launch.{key} is missing")
+    stored = _section(doc, "layout").get("num_gpus")
+    if stored != plan.num_gpus:
+        raise SpecError(f"layout.num_gpus={stored!r} does not match the plan's "
+                        f"tp*pp*dp*cp={plan.num_gpus}")
+    return LoadedPlan(model=model, plan=plan, cluster_name=str(cluster.get("name", "")),
+                      gpu_name=str(_section(cluster, "gpu").get("name", "")),
+                      gpu_memory_bytes=int(_number(cluster, "gpu_memory_bytes", "cluster")),
+                      gpus_per_node=int(_number(cluster, "gpus_per_node", "cluster")),
+                      prediction=prediction, raw=doc)
+
+
+def load_plan(path: str | os.PathLike[str]) -> LoadedPlan:
+    """Read a plan file; any problem is one SpecError line naming the file."""
+    name = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"plan file {name!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise SpecError(f"cannot read plan file {name!r}: {error}") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise SpecError(f"plan file {name!r} is not valid JSON (line {error.lineno} column "
+                        f"{error.colno}: {error.msg}); re-create it with `autotune search`"
+                        ) from None
+    try:
+        return parse_plan(doc)
+    except SpecError as error:
+        raise SpecError(f"plan file {name!r}: {error}") from None

@@ -1,0 +1,96 @@
+"""`autotune predict`: the cost model's prediction for one plan, as a table or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from cost_models.analytical import estimate
+from cost_models.specs import DEFAULT_ORDER, Estimate, Plan, SpecError
+from tuner import options as opt
+from tuner.plan_io import load_plan
+
+
+def build_parser(prog: str = "autotune predict") -> argparse.ArgumentParser:
+    p = opt.Parser(prog=prog, description="Predict step time, MFU and memory of one plan.")
+    opt.add_model_cluster_args(p)
+    g = p.add_argument_group("plan (or --plan FILE)")
+    g.add_argument("--plan", help="a plan JSON written by autotune --out")
+    for name in ("tp", "pp", "vpp", "dp", "cp", "ep"):
+        g.add_argument(f"--{name}", type=int, default=None)
+    g.add_argument("--gpus", type=int, help="derive dp = gpus / (tp*pp*cp)")
+    g.add_argument("--micro-batch", type=int, default=1)
+    g.add_argument("--global-batch", type=int, help="sequences per step")
+    g.add_argument("--sequence-parallel", action="store_true")
+    g.add_argument("--recompute", default="none", choices=("none", "selective", "full"))
+    g.add_argument("--zero", type=int, default=1, choices=(0, 1, 2, 3))
+    g.add_argument("--order", default=DEFAULT_ORDER)
+    g.add_argument("--no-flash-attention", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return p
+
+
+def _dp(args: argparse.Namespace) -> int:
+    if args.dp is not None:
+        return args.dp
+    if args.gpus is None:
+        return 1
+    model_ranks = (args.tp or 1) * (args.pp or 1) * (args.cp or 1)
+    if args.gpus % model_ranks:
+        raise SpecError(f"--gpus {args.gpus} is not divisible by tp*pp*cp={model_ranks}")
+    return args.gpus // model_ranks
+
+
+def plan_from_args(args: argparse.Namespace) -> Plan:
+    dp = _dp(args)
+    gbs = args.global_batch or args.micro_batch * dp
+    return Plan(tp=args.tp or 1, pp=args.pp or 1, vpp=args.vpp or 1, dp=dp, cp=args.cp or 1,
+                ep=args.ep or 1, micro_batch_size=args.micro_batch, global_batch_size=gbs,
+                sequence_parallel=args.sequence_parallel, recompute=args.recompute,
+                zero=args.zero, precision=args.precision, order=args.order,
+                flash_attention=not args.no_flash_attention)
+
+
+def table(plan: Plan, est: Estimate) -> str:
+    gib = 2**30
+    rows = [("plan", plan.name), ("step time", f"{est.step_time_s:.3f} s"),
+            ("MFU", f"{100 * est.mfu:.1f} %"),
+            ("model TFLOP/s per GPU", f"{est.model_tflops_per_gpu:.1f}"),
+            ("tokens/s", f"{est.tokens_per_s:,.0f}"),
+            ("peak memory", f"{est.peak_memory_bytes / gib:.1f} of "
+                            f"{est.memory_capacity_bytes / gib:.1f} GiB")]
+    rows += [(f"  time: {k}", f"{v:.3f} s") for k, v in est.breakdown_s.items()]
+    rows += [(f"  memory: {k}", f"{v / gib:.2f} GiB")
+             for k, v in est.memory_breakdown_bytes.items()]
+    if est.infeasible_reason:
+        rows.append(("DOES NOT FIT", est.infeasible_reason))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def run(argv: list[str], prog: str = "autotune predict") -> int:
+    args = build_parser(prog).parse_args(argv)
+    if args.plan:
+        loaded = load_plan(args.plan)
+        model, plan = loaded.model, loaded.plan
+        _, cluster, _ = opt.load_inputs(argparse.Namespace(**{**vars(args),
+                                                              "model": args.model}))
+    else:
+        model, cluster, _ = opt.load_inputs(args)
+        plan = plan_from_args(args)
+    from tuner.megatron import check_megatron
+
+    check_megatron(model, plan)
+    est = estimate(model, cluster, plan)
+    if args.json:
+        doc = {"plan": plan.name, "step_time_s": est.step_time_s, "mfu": est.mfu,
+               "model_tflops_per_gpu": est.model_tflops_per_gpu,
+               "tokens_per_s": est.tokens_per_s, "peak_memory_bytes": est.peak_memory_bytes,
+               "memory_capacity_bytes": est.memory_capacity_bytes,
+               "breakdown_s": dict(est.breakdown_s),
+               "memory_breakdown_bytes": dict(est.memory_breakdown_bytes),
+               "infeasible_reason": est.infeasible_reason}
+        print(json.dumps(doc, indent=2))
+    else:
+        print(table(plan, est))
+    return 0

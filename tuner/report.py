@@ -1,0 +1,91 @@
+"""Text a person reads: the chosen plan, its prediction, the runners-up and why they lose."""
+
+from __future__ import annotations
+
+from cost_models.params import count_parameters
+from cost_models.specs import ClusterSpec, ModelSpec, Plan
+from tuner.alternatives import Alternative, train_days
+from tuner.search import Ranked, best_per_layout
+
+GB = 1e9
+GIB = 2**30
+
+
+def plan_line(plan: Plan) -> str:
+    return (f"tp {plan.tp}  pp {plan.pp}  vpp {plan.vpp}  cp {plan.cp}  dp {plan.dp}  "
+            f"ep {plan.ep}  micro-batch {plan.micro_batch_size}  global batch "
+            f"{plan.global_batch_size}  seq-parallel {'on' if plan.sequence_parallel else 'off'}"
+            f"  recompute {plan.recompute}  zero {plan.zero}  {plan.precision}  "
+            f"order {plan.order}")
+
+
+def breakdown_line(breakdown_s: dict[str, float], step_s: float) -> str:
+    parts = [f"{name} {value:.2f}s ({100 * value / step_s:.0f}%)"
+             for name, value in breakdown_s.items() if value >= 0.0005 * step_s]
+    return " | ".join(parts)
+
+
+def memory_line(r: Ranked, capacity_bytes: float) -> str:
+    top = sorted(r.memory_bytes.items(), key=lambda kv: -kv[1])[:4]
+    terms = ", ".join(f"{k} {v / GIB:.1f}" for k, v in top)
+    return (f"{r.peak_memory_bytes / GIB:.1f} of {capacity_bytes / GIB:.1f} GiB per GPU "
+            f"({terms} GiB)")
+
+
+def why_loses(other: Ranked, best: Ranked) -> str:
+    """The term that grew the most against the best plan, per token."""
+    if other.plan.global_batch_size != best.plan.global_batch_size:
+        scale = best.plan.global_batch_size / other.plan.global_batch_size
+    else:
+        scale = 1.0
+    deltas = {k: other.breakdown_s[k] * scale - best.breakdown_s.get(k, 0.0)
+              for k in other.breakdown_s}
+    name, delta = max(deltas.items(), key=lambda kv: kv[1])
+    return f"+{delta:.2f}s {name} per step-equivalent"
+
+
+def header(model: ModelSpec, cluster: ClusterSpec, num_gpus: int, default_cluster: bool) -> str:
+    params = count_parameters(model) / 1e9
+    where = "built-in default cluster" if default_cluster else f"cluster {cluster.source}"
+    return (f"Model   {model.name}: {params:,.1f}B parameters, {model.num_layers} layers, hidden "
+            f"{model.hidden_size}, seq {model.seq_len}\n"
+            f"Cluster {num_gpus:,} x {cluster.gpu.name} ({cluster.gpus_per_node} per node, "
+            f"{cluster.name}: {where})")
+
+
+def best_block(best: Ranked, cluster: ClusterSpec, seq_len: int, batch_note: str,
+               tokens_budget: float) -> str:
+    days = train_days(tokens_budget, best.tokens_per_s)
+    gpu_hours = days * 24 * best.plan.num_gpus
+    return "\n".join([
+        f"Best    {plan_line(best.plan)}",
+        f"Batch   {batch_note}",
+        f"Step    {best.step_time_s:.2f} s   MFU {100 * best.mfu:.1f}%   "
+        f"{best.tokens_per_s / 1e6:.2f} M tokens/s",
+        f"Memory  {memory_line(best, cluster.gpu.memory_bytes)}",
+        f"Time    {breakdown_line(best.breakdown_s, best.step_time_s)}",
+        f"Train   {tokens_budget / 1e12:.2f}T tokens: {days:.1f} days, "
+        f"{gpu_hours / 1e6:.2f}M GPU-hours",
+    ])
+
+
+def runners_up(ranked: list[Ranked], top_k: int) -> str:
+    """The best plan of each of the next layouts, with the term that makes it lose."""
+    best = ranked[0]
+    lines = ["Next best layouts:"]
+    for r in best_per_layout(ranked)[1:top_k]:
+        lines.append(f"  MFU {100 * r.mfu:5.1f}%  step {r.step_time_s:6.2f}s  {r.plan.name} "
+                     f"gbs {r.plan.global_batch_size} {r.plan.recompute} zero{r.plan.zero} "
+                     f"sp{int(r.plan.sequence_parallel)} {r.plan.order}: {why_loses(r, best)}")
+    return "\n".join(lines)
+
+
+def alternatives_block(alts: list[Alternative], num_gpus: int, best_days: float) -> str:
+    if not alts:
+        return f"Fewer GPUs: no count in 90-100% of {num_gpus:,} trains the budget sooner."
+    lines = ["Fewer GPUs would train sooner (ask for one of these):"]
+    for a in alts[:3]:
+        lines.append(f"  {a.num_gpus:,} GPUs: {a.best.plan.name} MFU {100 * a.best.mfu:.1f}%, "
+                     f"{a.days:.1f} days ({best_days / a.days:.2f}x sooner), "
+                     f"{a.gpu_hours / 1e6:.2f}M GPU-hours")
+    return "\n".join(lines)

@@ -1,0 +1,205 @@
+"""Optuna drives the search over layouts; numpy scores each layout's inner knobs at once.
+
+A trial picks a layout (tp, then pp, cp, ep among the values valid for the earlier picks), and
+its objective scores every inner candidate of that layout with the vectorized cost model and
+returns the best predicted MFU among those that fit in memory. A layout with nothing that
+fits is recorded as PRUNED with the reason. Each trial stores its best plans as user
+attributes, so the study (in memory, or in a shared storage several workers write to) holds
+everything the report needs.
+
+The default sampler is Optuna's BruteForceSampler: it visits every layout once, so the
+result is the exact optimum of the cost model over the declared space. `sampler="tpe"` with
+`n_trials` samples instead (for spaces too large to enumerate); `exhaustive_best` gives the
+exact answer to compare against.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import optuna
+
+from cost_models.analytical import TIME_TERMS, estimate_batch
+from cost_models.plan_arrays import PlanArrays, to_plan
+from cost_models.specs import Plan, SpecError
+from tuner.space import Layout, Space, cp_choices, ep_choices, inner_candidates, layouts
+from tuner.space import pp_choices, tp_choices
+
+KEEP_PER_LAYOUT = 3
+STALE_RUNNING_S = 120.0  # a trial takes milliseconds; one RUNNING this long lost its worker
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ranked:
+    plan: Plan
+    mfu: float
+    step_time_s: float
+    tokens_per_s: float
+    peak_memory_bytes: float
+    breakdown_s: dict[str, float]
+    memory_bytes: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LayoutResult:
+    layout: Layout
+    best: tuple[Ranked, ...]  # best first; empty if nothing fits
+    reason: str | None  # why nothing fits
+    candidates: int
+
+
+def memory_limit_bytes(space: Space, headroom: float) -> float:
+    return space.cluster.gpu.memory_bytes * (1.0 - headroom)
+
+
+def score_layout(space: Space, layout: Layout, headroom: float,
+                 keep: int = KEEP_PER_LAYOUT) -> LayoutResult:
+    """Score every inner candidate of a layout; keep the `keep` best that fit."""
+    plans = inner_candidates(space, layout)
+    if len(plans) == 0:
+        return LayoutResult(layout=layout, best=(), candidates=0,
+                            reason="no global batch in range is divisible by dp x micro-batch")
+    est = estimate_batch(space.model, space.cluster, plans)
+    limit = memory_limit_bytes(space, headroom)
+    fits = est.peak_memory_bytes <= limit
+    if not fits.any():
+        least = float(est.peak_memory_bytes.min())
+        return LayoutResult(layout=layout, best=(), candidates=len(plans),
+                            reason=f"needs at least {least / 1e9:.1f} GB per GPU, limit "
+                                   f"{limit / 1e9:.1f} GB")
+    score = np.where(fits, est.mfu, -np.inf)
+    order = np.argsort(-score, kind="stable")[:keep]
+    best = tuple(_ranked(plans, est, int(i)) for i in order if np.isfinite(score[i]))
+    return LayoutResult(layout=layout, best=best, reason=None, candidates=len(plans))
+
+
+def _ranked(plans: PlanArrays, est, i: int) -> Ranked:
+    return Ranked(plan=to_plan(plans, i), mfu=float(est.mfu[i]),
+                  step_time_s=float(est.step_time_s[i]),
+                  tokens_per_s=float(est.tokens_per_s[i]),
+                  peak_memory_bytes=float(est.peak_memory_bytes[i]),
+                  breakdown_s={k: float(est.breakdown_s[k][i]) for k in TIME_TERMS},
+                  memory_bytes={k: float(v[i]) for k, v in est.memory_bytes.items()})
+
+
+def suggest_layout(trial: optuna.Trial, space: Space) -> Layout:
+    """tp, then pp, cp, ep among the values valid for the earlier picks.
+
+    Optuna's categorical distributions cannot change their choices between trials, so each
+    conditional parameter is named after its parents ("pp|tp8"): a tree BruteForceSampler
+    enumerates and TPE learns per branch.
+    """
+    tp = trial.suggest_categorical("tp", tp_choices(space))
+    pp = trial.suggest_categorical(f"pp|tp{tp}", pp_choices(space, tp))
+    cp = trial.suggest_categorical(f"cp|tp{tp}|pp{pp}", cp_choices(space, tp, pp))
+    ep = trial.suggest_categorical(f"ep|tp{tp}|pp{pp}|cp{cp}",
+                                   ep_choices(space, tp, pp, cp))
+    layout = Layout(tp=tp, pp=pp, cp=cp, ep=ep)
+    trial.set_user_attr("layout", layout.key)
+    return layout
+
+
+def ranked_to_json(r: Ranked) -> str:
+    doc = asdict(r)
+    doc["plan"] = {k: (str(v) if k in ("recompute", "precision") else v)
+                   for k, v in doc["plan"].items()}
+    return json.dumps(doc)
+
+
+def ranked_from_json(text: str) -> Ranked:
+    doc = json.loads(text)
+    return Ranked(**{**doc, "plan": Plan(**doc["plan"])})
+
+
+def make_objective(space: Space, headroom: float) -> Callable[[optuna.Trial], float]:
+    def objective(trial: optuna.Trial) -> float:
+        result = score_layout(space, suggest_layout(trial, space), headroom)
+        trial.set_user_attr("candidates", result.candidates)
+        if not result.best:
+            trial.set_user_attr("infeasible", result.reason)
+            raise optuna.TrialPruned(result.reason)
+        trial.set_user_attr("best", [ranked_to_json(r) for r in result.best])
+        return result.best[0].mfu
+    return objective
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    if name == "brute":
+        return optuna.samplers.BruteForceSampler(seed=seed)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=10)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise SpecError(f"--sampler {name!r} is not one of: brute, tpe, random")
+
+
+def recover_stale_trials(study: optuna.Study, older_than_s: float = STALE_RUNNING_S) -> int:
+    """Fail RUNNING trials whose worker died (e.g. SIGKILL) and queue their layouts again."""
+    now = time.time()
+    recovered = 0
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        started = trial.datetime_start.timestamp() if trial.datetime_start else now
+        if now - started < older_than_s:
+            continue
+        study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        study.enqueue_trial(trial.params, skip_if_exists=True)
+        recovered += 1
+    return recovered
+
+
+def run_study(study: optuna.Study, space: Space, *, headroom: float, n_trials: int | None,
+              timeout_s: float | None = None, progress: bool = False) -> None:
+    """Optimize until the sampler has seen every layout (brute force) or n_trials ran."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    total = len(layouts(space))
+    if isinstance(study.sampler, optuna.samplers.BruteForceSampler):
+        seen = {tuple(sorted(t.params.items())) for t in study.get_trials(deepcopy=False)
+                if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)}
+        if len(seen) >= total:
+            return  # every layout is in the study already (a finished or resumed search)
+        # The sampler stops the study itself once every layout has been tried.
+    study.optimize(make_objective(space, headroom), n_trials=n_trials, timeout=timeout_s,
+                   show_progress_bar=progress, gc_after_trial=False)
+
+
+def best_per_layout(ranked: list[Ranked]) -> list[Ranked]:
+    """The first (best) plan of each (tp, pp, cp, ep) layout, order kept."""
+    seen, out = set(), []
+    for r in ranked:
+        key = (r.plan.tp, r.plan.pp, r.plan.cp, r.plan.ep)
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
+
+
+def collect(study: optuna.Study) -> tuple[list[Ranked], dict[str, str]]:
+    """All kept plans of the study, best first, and the infeasible layouts with reasons."""
+    ranked: dict[str, Ranked] = {}
+    infeasible: dict[str, str] = {}
+    for trial in study.get_trials(deepcopy=False):
+        key = trial.user_attrs.get("layout", str(trial.params))
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            for text in trial.user_attrs.get("best", []):
+                r = ranked_from_json(text)
+                ranked[r.plan.name + str(r.plan)] = r
+        elif trial.state == optuna.trial.TrialState.PRUNED:
+            infeasible[key] = trial.user_attrs.get("infeasible", "pruned")
+    return sorted(ranked.values(), key=lambda r: (-r.mfu, r.plan.name)), infeasible
+
+
+def exhaustive_best(space: Space, headroom: float) -> Ranked | None:
+    """The exact optimum by a plain loop over every layout (the search's reference)."""
+    best = None
+    for layout in layouts(space):
+        result = score_layout(space, layout, headroom, keep=1)
+        if result.best and (best is None or result.best[0].mfu > best.mfu):
+            best = result.best[0]
+    return best

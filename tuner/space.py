@@ -1,0 +1,178 @@
+"""The declared search space: which plans are valid for (model, cluster, GPU count).
+
+Two levels. A *layout* fixes the degrees that shape the job on the machine (tp, pp, cp, ep;
+dp follows). For each layout, `inner_candidates` enumerates every combination of the other
+knobs (interleaving, micro-batch, global batch, sequence parallel, recompute, sharding,
+placement) as columns of numpy arrays, so the cost model scores them all in one pass.
+
+Constraints (Megatron-Core's, plus the ones it lets through silently):
+- heads and KV heads divisible by tp; tp within one node (NVLink domain);
+- layers divisible by pp*vpp; interleaving needs pp > 1 and micro-batches divisible by pp;
+- cp > 1 only for sequences of at least CP_MIN_SEQ_LEN tokens, seq_len divisible by 2*cp
+  (load-balanced causal chunks);
+- ep only for MoE models: ep divides the experts and tp*cp*dp (expert grid, expert-TP 1);
+- global batch divisible by micro-batch * dp; ZeRO-2/3 only without pipeline parallelism
+  (neither Megatron-Core nor DeepSpeed combines them with PP).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cost_models.plan_arrays import ORDERS, PRECISION_CODES, RECOMPUTE_CODES, PlanArrays
+from cost_models.specs import ClusterSpec, ModelSpec, Precision, Recompute, SpecError
+
+CP_MIN_SEQ_LEN = 8192
+MAX_GBS_CHOICES = 12
+DEFAULT_ORDERS = ("tp-cp-dp-pp", "tp-cp-pp-dp")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Knobs:
+    """Allowed values of each knob after the user's pins and exclusions."""
+
+    tp: tuple[int, ...] | None = None  # None: every valid value
+    pp: tuple[int, ...] | None = None
+    cp: tuple[int, ...] | None = None
+    ep: tuple[int, ...] | None = None
+    vpp: tuple[int, ...] | None = None
+    micro_batch_size: tuple[int, ...] = (1, 2, 4, 8)
+    sequence_parallel: tuple[bool, ...] = (False, True)
+    recompute: tuple[Recompute, ...] = tuple(Recompute)
+    zero: tuple[int, ...] = (0, 1, 2, 3)
+    orders: tuple[str, ...] = DEFAULT_ORDERS
+    max_pp: int | None = None
+    max_tp: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Space:
+    model: ModelSpec
+    cluster: ClusterSpec
+    num_gpus: int
+    global_batch_range: tuple[int, int]  # sequences, inclusive
+    precision: Precision
+    knobs: Knobs = field(default_factory=Knobs)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, order=True)
+class Layout:
+    tp: int
+    pp: int
+    cp: int
+    ep: int
+
+    @property
+    def key(self) -> str:
+        return f"tp{self.tp}-pp{self.pp}-cp{self.cp}-ep{self.ep}"
+
+
+def divisors(n: int) -> list[int]:
+    small = [d for d in range(1, int(n**0.5) + 1) if n % d == 0]
+    return sorted(set(small + [n // d for d in small]))
+
+
+def _allowed(values: list[int], pinned: tuple[int, ...] | None, cap: int | None = None):
+    kept = [v for v in values if (pinned is None or v in pinned) and (cap is None or v <= cap)]
+    return kept
+
+
+def tp_choices(space: Space) -> list[int]:
+    m, k = space.model, space.knobs
+    cap = min(space.cluster.gpus_per_node, k.max_tp or space.cluster.gpus_per_node)
+    valid = [t for t in divisors(space.num_gpus)
+             if m.num_heads % t == 0 and m.num_kv_heads % t == 0]
+    return _allowed(valid, k.tp, cap)
+
+
+def pp_choices(space: Space, tp: int) -> list[int]:
+    valid = [p for p in divisors(space.num_gpus // tp) if space.model.num_layers % p == 0]
+    return _allowed(valid, space.knobs.pp, space.knobs.max_pp)
+
+
+def cp_choices(space: Space, tp: int, pp: int) -> list[int]:
+    seq = space.model.seq_len
+    valid = [c for c in divisors(space.num_gpus // (tp * pp))
+             if c == 1 or (seq >= CP_MIN_SEQ_LEN and seq % (2 * c) == 0
+                           and seq // c >= CP_MIN_SEQ_LEN // 4)]
+    return _allowed(valid, space.knobs.cp)
+
+
+def ep_choices(space: Space, tp: int, pp: int, cp: int) -> list[int]:
+    if not space.model.is_moe:
+        return [1]
+    stage_ranks = space.num_gpus // pp
+    valid = [e for e in divisors(space.model.num_experts) if stage_ranks % e == 0]
+    return _allowed(valid, space.knobs.ep)
+
+
+def layouts(space: Space) -> list[Layout]:
+    out = []
+    for tp in tp_choices(space):
+        for pp in pp_choices(space, tp):
+            for cp in cp_choices(space, tp, pp):
+                for ep in ep_choices(space, tp, pp, cp):
+                    out.append(Layout(tp=tp, pp=pp, cp=cp, ep=ep))
+    return out
+
+
+def global_batch_choices(lo: int, hi: int, dp: int) -> list[int]:
+    """Multiples of dp in [lo, hi], thinned to MAX_GBS_CHOICES evenly spread (largest kept)."""
+    first = -(-lo // dp) * dp
+    values = list(range(first, hi + 1, dp))
+    if len(values) <= MAX_GBS_CHOICES:
+        return values
+    picks = np.linspace(0, len(values) - 1, MAX_GBS_CHOICES).round().astype(int)
+    return [values[i] for i in sorted(set(picks))]
+
+
+def vpp_choices(space: Space, pp: int) -> list[int]:
+    if pp == 1:
+        return [1]
+    per_stage = space.model.num_layers // pp
+    valid = [v for v in divisors(per_stage)]
+    return _allowed(valid, space.knobs.vpp)
+
+
+def inner_candidates(space: Space, layout: Layout) -> PlanArrays:
+    """Every valid combination of the inner knobs for one layout, as arrays."""
+    dp = space.num_gpus // (layout.tp * layout.pp * layout.cp)
+    k = space.knobs
+    lo, hi = space.global_batch_range
+    sp_values = [s for s in k.sequence_parallel if not s or layout.tp > 1] or [False]
+    zero_values = [z for z in k.zero if z <= 1 or layout.pp == 1]
+    grid = np.array(list(itertools.product(
+        vpp_choices(space, layout.pp), global_batch_choices(lo, hi, dp), k.micro_batch_size,
+        sp_values, [RECOMPUTE_CODES.index(r) for r in k.recompute], zero_values,
+        [ORDERS.index(o) for o in k.orders])), dtype=np.int64).reshape(-1, 7)
+    vpp, gbs, mbs, sp, rec, zero, order = grid.T
+    micro = gbs // np.maximum(mbs * dp, 1)
+    ok = (gbs % (mbs * dp) == 0) & (micro >= 1)
+    ok &= (vpp == 1) | (micro % layout.pp == 0)
+    if space.model.is_moe:
+        ok &= (layout.tp * layout.cp * dp) % layout.ep == 0
+    n = int(ok.sum())
+    full = np.full(n, 1, dtype=np.int64)
+    return PlanArrays(
+        tp=full * layout.tp, pp=full * layout.pp, vpp=vpp[ok], dp=full * dp,
+        cp=full * layout.cp, ep=full * layout.ep, micro_batch_size=mbs[ok],
+        global_batch_size=gbs[ok], sequence_parallel=sp[ok].astype(bool),
+        recompute=rec[ok], zero=zero[ok],
+        precision=full * PRECISION_CODES.index(space.precision),
+        flash_attention=np.ones(n, dtype=bool), order=order[ok])
+
+
+def check_space(space: Space) -> None:
+    """One clear line when nothing in the space can be valid."""
+    if not tp_choices(space):
+        raise SpecError(f"no tensor-parallel degree divides {space.num_gpus} GPUs, the "
+                        f"{space.model.num_heads} heads and {space.model.num_kv_heads} KV "
+                        "heads within one node; change --gpus or the --tp pin")
+    if not layouts(space):
+        raise SpecError(f"no (tp, pp, cp, ep) layout fits {space.num_gpus} GPUs and "
+                        f"{space.model.num_layers} layers under the pins; try another GPU "
+                        "count (e.g. a multiple of 8 x a divisor of the layer count) or "
+                        "relax --pp/--max-pp/--cp")

@@ -1,0 +1,44 @@
+"""Optuna storages a search can share: in memory, a journal file, or an RDB URL.
+
+`--storage journal:PATH` uses Optuna's JournalFileBackend (an append-only log that several
+processes on a shared filesystem write safely); any other URL (`sqlite:///study.db`,
+`postgresql://...`) is an RDBStorage. A study is created once (load_if_exists) and every
+worker loads the same one; `recover_stale_trials` (tuner.search) re-queues the layouts of a
+worker that was killed.
+"""
+
+from __future__ import annotations
+
+import optuna
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+from cost_models.specs import SpecError
+
+JOURNAL_PREFIX = "journal:"
+
+
+def open_storage(url: str | None) -> optuna.storages.BaseStorage | None:
+    if url is None:
+        return None
+    if url.startswith(JOURNAL_PREFIX):
+        path = url[len(JOURNAL_PREFIX):].removeprefix("//")
+        if not path:
+            raise SpecError("--storage journal: needs a file path, e.g. journal:/shared/s.log")
+        try:
+            return JournalStorage(JournalFileBackend(path))
+        except OSError as exc:
+            raise SpecError(f"--storage {url!r}: cannot open the journal file: {exc}") from None
+    if "://" not in url:
+        raise SpecError(f"--storage {url!r} is not a storage URL; use journal:PATH or an RDB "
+                        "URL such as sqlite:///study.db")
+    try:
+        return optuna.storages.RDBStorage(url)
+    except Exception as exc:  # sqlalchemy raises many kinds; one line is what users need
+        raise SpecError(f"--storage {url!r}: {str(exc).splitlines()[0]}") from None
+
+
+def open_study(storage_url: str | None, study_name: str,
+               sampler: optuna.samplers.BaseSampler) -> optuna.Study:
+    storage = open_storage(storage_url)
+    return optuna.create_study(study_name=study_name, storage=storage, sampler=sampler,
+                               direction="maximize", load_if_exists=storage is not None)

@@ -1,0 +1,127 @@
+"""`autotune validate RUNS.csv --out PREDS.csv`: predict published runs and score the errors.
+
+RUNS.csv follows the schema of the published-runs file (documented in the README); rows come
+in any order. Rows with usable=1 are predicted; rows that cannot be modelled are skipped with
+the reason. PREDS.csv gets one row per predicted run: id, pred_iter_time_s, the reference,
+the signed and absolute percentage error, the plan chosen for cells the source left empty,
+and the time breakdown. `--report DIR` adds a Markdown table and a predicted-vs-published PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+from collections import defaultdict
+from pathlib import Path
+
+from cost_models.catalog_clusters import cluster_for_run
+from cost_models.specs import SpecError
+from cost_models.validate import Row, Skipped, best_candidate, parse_rows, read_rows
+from tuner import options as opt
+from tuner.plan_io import write_text_atomic
+
+PLAN_COLUMNS = ("tp", "pp", "vpp", "dp", "cp", "ep", "micro_batch_size", "sequence_parallel",
+                "recompute", "zero", "flash_attention")
+
+
+def build_parser(prog: str = "autotune validate") -> argparse.ArgumentParser:
+    p = opt.Parser(prog=prog, description="Predict published runs; report the error.")
+    p.add_argument("runs", help="CSV in the published-runs schema")
+    p.add_argument("--out", required=True, help="predictions CSV to write")
+    p.add_argument("--report", help="folder for a Markdown table and a PNG plot")
+    return p
+
+
+def cluster_for_row(row: dict):
+    nics = (row.get("inter_node_nics") or "").strip() or None
+    try:
+        per_node = int(float(row["gpus_per_node"]))
+    except ValueError:
+        raise SpecError(f"gpus_per_node={row['gpus_per_node']!r} is not a number") from None
+    return cluster_for_run(row["gpu"].strip(), per_node, nics)
+
+
+def predict_row(row: Row) -> dict:
+    plan, out = best_candidate(row)
+    err = out["pred_iter_time_s"] / row.ref_iter_time_s - 1.0
+    record = {"id": row.id, "pred_iter_time_s": out.pop("pred_iter_time_s"),
+              "ref_iter_time_s": row.ref_iter_time_s, "err_pct": 100 * err,
+              "abs_err_pct": 100 * abs(err)}
+    record.update({f"plan_{c}": str(getattr(plan, c)) for c in PLAN_COLUMNS})
+    record.update(out)
+    return record
+
+
+PLAN_CELLS = ("tp", "pp", "vpp", "dp", "cp", "ep", "micro_batch_size", "global_batch_size",
+              "sequence_parallel", "recompute", "zero")
+
+
+def same_plan(a: dict, b: dict) -> bool:
+    """Rows whose printed plan cells agree wherever both are stated describe one plan."""
+    return all(not a[c].strip() or not b[c].strip() or a[c].strip() == b[c].strip()
+               for c in PLAN_CELLS)
+
+
+def order_checks(records: list[dict], rows: dict[str, dict]) -> list[tuple[str, str, bool]]:
+    """Alternative plans (one model, GPU count and precision; the printed plans differ):
+    does the prediction order them as published?"""
+    groups = defaultdict(list)
+    for r in records:
+        src = rows[r["id"]]
+        key = tuple(src[c] for c in ("num_layers", "hidden_size", "num_gpus", "gpu", "seq_len",
+                                     "precision", "num_experts"))
+        groups[key].append(r)
+    out = []
+    for members in groups.values():
+        for i, a in enumerate(members):
+            for b in members[i + 1:]:
+                if (a["ref_iter_time_s"] == b["ref_iter_time_s"]
+                        or same_plan(rows[a["id"]], rows[b["id"]])):
+                    continue
+                same = ((a["ref_iter_time_s"] < b["ref_iter_time_s"])
+                        == (a["pred_iter_time_s"] < b["pred_iter_time_s"]))
+                out.append((a["id"], b["id"], same))
+    return out
+
+
+def to_csv(records: list[dict]) -> str:
+    columns = list(dict.fromkeys(k for r in records for k in r))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    for r in records:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    return buffer.getvalue()
+
+
+def run(argv: list[str], prog: str = "autotune validate") -> int:
+    args = build_parser(prog).parse_args(argv)
+    raw = read_rows(Path(args.runs))
+    by_id = {r.get("id", ""): r for r in raw}
+    records, skipped = [], []
+    for item in parse_rows(raw, cluster_for_row):
+        if isinstance(item, Skipped):
+            skipped.append(item)
+        else:
+            records.append(predict_row(item))
+    if not records:
+        raise SpecError(f"{args.runs}: no row could be predicted ({len(skipped)} skipped)")
+    write_text_atomic(args.out, to_csv(records))
+    errors = [r["abs_err_pct"] for r in records]
+    checks = order_checks(records, by_id)
+    for s in skipped:
+        print(f"skipped {s.id}: {s.reason}")
+    print(f"predicted {len(records)} runs, skipped {len(skipped)}; iteration time error: "
+          f"mean {sum(errors) / len(errors):.1f}%, max {max(errors):.1f}% -> {args.out}")
+    agree = sum(ok for *_, ok in checks)
+    print(f"order of alternative plans (same model, GPUs, precision): {agree}/{len(checks)} "
+          "pairs as published")
+    for a, b, ok in checks:
+        if not ok:
+            print(f"  order differs: {a} vs {b}")
+    if args.report:
+        from tuner.validation_report import write_report
+
+        write_report(Path(args.report), records, checks, skipped, argv)
+    return 0
