@@ -24,7 +24,7 @@ from cost_models.comm_terms import (
     pp_comm_s,
     tp_comm_per_layer_s,
 )
-from cost_models.compute import layer_times, logits_time_s
+from cost_models.compute import layer_times, logits_time_s, selective_recompute_s
 from cost_models.flops import model_flops_per_token
 from cost_models.memory import OPTIMIZER_BYTES, memory_breakdown, stage_param_counts
 from cost_models.placement import group_ranks_per_node
@@ -59,7 +59,8 @@ def _per_microbatch(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays, k
             continue
         share = layers * count / model.num_layers
         t = layer_times(model, cluster, plans, moe)
-        recompute = np.choose(plans.recompute, [0.0, t.attention_s, t.forward_s])
+        selective = selective_recompute_s(model, cluster, plans, moe, t.attention_s)
+        recompute = np.choose(plans.recompute, [0.0, selective, t.forward_s])
         cp_fwd, cp_bwd = cp_comm_per_layer_s(model, plans, k["cp"], cluster)
         cp_exposed = (np.maximum(cp_fwd - t.attention_s, 0)
                       + np.maximum(cp_bwd - t.attention_backward_s, 0))

@@ -25,8 +25,8 @@ from cost_models.flops import (
 )
 from cost_models.gemm_curve import H100_BF16_CURVE, GemmCurve, gemm_time_s
 from cost_models.params import mlp_matrices
-from cost_models.plan_arrays import PlanArrays
-from cost_models.specs import ClusterSpec, ModelSpec
+from cost_models.plan_arrays import PRECISION_CODES, PlanArrays
+from cost_models.specs import ClusterSpec, ModelSpec, Precision
 
 # Flash attention reaches 50-73% of A100 peak forward and 63% backward at head dim 128
 # (Dao 2023, arXiv:2307.08691, Fig. 4-6); we take the middle of that range for fwd+bwd.
@@ -87,14 +87,32 @@ def elementwise_bytes_per_token(model: ModelSpec, plans: PlanArrays, moe: bool) 
         act = model.moe_topk * (mlp_matrices(model.mlp) * model.moe_ffn_hidden_size + 4 * h)
     else:
         act = mlp_matrices(model.mlp) * model.ffn_hidden_size
-    return ELEMENT_BYTES * (15.0 * h / tp_div + (rotary + act) / plans.tp)
+    fp8 = plans.precision == PRECISION_CODES.index(Precision.FP8)
+    casts = np.where(fp8, fp8_cast_bytes_per_token(model, moe), 0.0)
+    return ELEMENT_BYTES * (15.0 * h / tp_div + (rotary + act) / plans.tp) + casts / plans.tp
+
+
+def fp8_cast_bytes_per_token(model: ModelSpec, moe: bool) -> float:
+    """Forward-pass bytes of FP8 quantization, per token and layer, before TP sharding.
+
+    Transformer Engine casts each linear layer's input to FP8 (read 2 B, write 1 B, and a
+    transposed 1 B copy for the weight gradient) and, in the backward pass, each output
+    gradient the same way; the backward is counted by the x2 applied to element-wise work,
+    so the forward figure here carries half of the output-gradient casts.
+    """
+    h, q, kv = model.hidden_size, model.q_dim, model.kv_dim
+    copies = model.moe_topk if moe else 1
+    f = model.moe_ffn_hidden_size if moe else model.ffn_hidden_size
+    inputs = 2 * h + q + copies * f  # qkv, proj, fc1, fc2 inputs
+    grads = q + 2 * kv + 2 * h + copies * (mlp_matrices(model.mlp) - 1) * f
+    return 4.0 * (inputs + grads / 2.0)
 
 
 def layer_times(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays, moe: bool,
                 curve: GemmCurve = H100_BF16_CURVE) -> LayerTimes:
     tokens = plans.micro_batch_size * model.seq_len / plans.cp
     peak = _gemm_peak(cluster, plans)
-    gemm = sum(gemm_time_s(g.m, g.k, g.n, peak, curve) * g.count
+    gemm = sum(grouped_gemm_time_s(g, peak, curve)
                for g in layer_gemms(model, tokens, plans.tp, plans.ep, moe))
     flash_fwd, flash_bwd = flash_attention_s(model, cluster, plans, tokens)
     unfused_fwd, unfused_bwd = unfused_attention_s(model, cluster, plans, tokens, curve)
@@ -104,6 +122,29 @@ def layer_times(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays, moe: 
         attention_s=np.where(plans.flash_attention, flash_fwd, unfused_fwd),
         attention_backward_s=np.where(plans.flash_attention, flash_bwd, unfused_bwd),
         elementwise_s=bytes_moved / cluster.gpu.hbm_bandwidth_bytes_per_s)
+
+
+def grouped_gemm_time_s(g, peak, curve: GemmCurve) -> np.ndarray:
+    """`count` products of one shape run as one grouped kernel (Megatron-Core GroupedMLP):
+    their work adds up, the fixed per-kernel time is paid once."""
+    one = gemm_time_s(g.m, g.k, g.n, peak, curve)
+    return np.where(one > 0, (one - curve.overhead_s) * g.count + curve.overhead_s, 0.0)
+
+
+def selective_recompute_s(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays,
+                          moe: bool, attention_s) -> np.ndarray:
+    """Forward work redone by selective recomputation, per layer and micro-batch.
+
+    Unfused attention: Korthikanti et al. 2022's attention core (scores, softmax, dropout).
+    Flash attention: the norms and the MLP activation (their element-wise passes)."""
+    tokens = plans.micro_batch_size * model.seq_len / plans.cp
+    h = model.hidden_size
+    tp_div = np.where(plans.sequence_parallel, plans.tp, 1)
+    copies = model.moe_topk if moe else 1
+    f = model.moe_ffn_hidden_size if moe else model.ffn_hidden_size
+    passes = ELEMENT_BYTES * (4.0 * h / tp_div + copies * mlp_matrices(model.mlp) * f / plans.tp)
+    modules = tokens * passes / cluster.gpu.hbm_bandwidth_bytes_per_s
+    return np.where(plans.flash_attention, modules, attention_s)
 
 
 def flash_attention_s(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays, tokens):

@@ -73,25 +73,29 @@ def layer_activation_bytes_per_token(model: ModelSpec, plans: PlanArrays, moe: b
     4h, QKV and MLP inputs 4h, two dropout masks 2h at 1 byte) and 24h sharded by TP
     (Q, K, V, attention output 8h; MLP activation input and output 16h). Flash attention
     stores no score matrix (their 5as^2b term is gone). Sequence parallelism shards the
-    replicated part too. Full recomputation keeps only each layer's 2h input.
+    replicated part too. Full recomputation keeps only each layer's 2h input. Selective
+    recomputation with flash attention recomputes the norms and the MLP activation
+    (Megatron-Core `--recompute-modules layernorm mlp_act`): the two norm outputs (4h) and the
+    activation output (f per expert copy) are not kept.
     """
     h, q, kv = model.hidden_size, model.q_dim, model.kv_dim
     mats = mlp_matrices(model.mlp)
     replicated = 10.0 * h
     attn = ACT_BYTES * (2 * q + 2 * kv)
-    if moe:
-        f = model.moe_ffn_hidden_size
-        per_copy = ACT_BYTES * (h + (mats - 1) * f + f)  # expert input, fc1 out, act out
-        mlp = model.moe_topk * per_copy + ACT_BYTES * model.num_experts  # + router logits
-    else:
-        f = model.ffn_hidden_size
-        mlp = ACT_BYTES * ((mats - 1) * f + f)
+    copies = model.moe_topk if moe else 1
+    f = model.moe_ffn_hidden_size if moe else model.ffn_hidden_size
+    act_out = ACT_BYTES * copies * f
+    mlp = ACT_BYTES * copies * (mats - 1) * f + act_out
+    if moe:  # each routed copy's expert input, and the router logits
+        mlp = mlp + ACT_BYTES * (copies * h + model.num_experts)
     # TP ranks split attention heads and FFN columns; with expert-TP 1 they split the tokens
     # of an MoE layer instead (sequence parallel), which divides the same bytes by tp.
     tp_div = np.where(plans.sequence_parallel, plans.tp, 1)
     full = replicated / tp_div + (attn + mlp) / plans.tp + score_bytes_per_token(model, plans)
+    modules = np.where(plans.flash_attention,
+                       ACT_BYTES * 2 * h / tp_div + act_out / plans.tp, 0.0)
     kept_input = ACT_BYTES * h / tp_div
-    return np.where(plans.recompute == 2, kept_input, full)
+    return np.choose(plans.recompute, [full, full - modules, kept_input])
 
 
 def score_bytes_per_token(model: ModelSpec, plans: PlanArrays) -> np.ndarray:

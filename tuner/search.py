@@ -16,6 +16,7 @@ exact answer to compare against.
 from __future__ import annotations
 
 import json
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -27,11 +28,20 @@ import optuna
 from cost_models.analytical import TIME_TERMS, estimate_batch
 from cost_models.plan_arrays import PlanArrays, to_plan
 from cost_models.specs import Plan, SpecError
-from tuner.space import Layout, Space, cp_choices, ep_choices, inner_candidates, layouts
-from tuner.space import pp_choices, tp_choices
+from tuner.space import (
+    Layout,
+    Space,
+    cp_choices,
+    ep_choices,
+    inner_candidates,
+    layouts,
+    pp_choices,
+    tp_choices,
+)
 
 KEEP_PER_LAYOUT = 3
 STALE_RUNNING_S = 120.0  # a trial takes milliseconds; one RUNNING this long lost its worker
+STALE_ENV = "PARTUNE_STALE_TRIAL_S"  # overrides STALE_RUNNING_S (tests, fast restarts)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -140,17 +150,40 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     raise SpecError(f"--sampler {name!r} is not one of: brute, tpe, random")
 
 
-def recover_stale_trials(study: optuna.Study, older_than_s: float = STALE_RUNNING_S) -> int:
-    """Fail RUNNING trials whose worker died (e.g. SIGKILL) and queue their layouts again."""
+def stale_threshold_s() -> float:
+    """Age after which a RUNNING trial counts as lost: $PARTUNE_STALE_TRIAL_S or 120 s."""
+    text = os.environ.get(STALE_ENV, "")
+    try:
+        value = float(text) if text else STALE_RUNNING_S
+    except ValueError:
+        raise SpecError(f"${STALE_ENV}={text!r} must be a number of seconds") from None
+    if value < 0:
+        raise SpecError(f"${STALE_ENV}={text!r} must be >= 0 seconds")
+    return value
+
+
+def recover_stale_trials(study: optuna.Study, older_than_s: float | None = None) -> int:
+    """Fail RUNNING trials whose worker died (e.g. SIGKILL) and queue their layouts again.
+
+    Only the worker whose RUNNING -> FAIL update lands re-queues the layout, so workers that
+    recover at the same time queue it once. The FAIL trial itself holds the same params, so
+    Optuna's `skip_if_exists` would always skip: it must stay off.
+    """
+    limit_s = stale_threshold_s() if older_than_s is None else older_than_s
     now = time.time()
     recovered = 0
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         started = trial.datetime_start.timestamp() if trial.datetime_start else now
-        if now - started < older_than_s:
+        if now - started < limit_s:
             continue
-        study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
-        study.enqueue_trial(trial.params, skip_if_exists=True)
-        recovered += 1
+        try:
+            failed = study._storage.set_trial_state_values(
+                trial._trial_id, optuna.trial.TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker recovered it first
+        if failed:
+            study.enqueue_trial(trial.params)
+            recovered += 1
     return recovered
 
 

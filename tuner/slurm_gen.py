@@ -161,7 +161,7 @@ def body(job: Job) -> list[str]:
         out = '"$plan"' if job.kind == "search" else \
             '"${plan%.json}-task${SLURM_ARRAY_TASK_ID}.json"'
         return ['mkdir -p -- "$(dirname -- "$plan")"',
-                '"$python" -m tuner.cli --storage "$storage" --study-name "$study_name" '
+                '"$python" -m tuner search --storage "$storage" --study-name "$study_name" '
                 f'--trials "$trials" --out {out} "${{tool_args[@]}}"']
     dry = " --dry-run" if "dry_run" in job.flags else ""
     return ['srun --ntasks-per-node=1 --kill-on-bad-exit=1 "$python" -m tuner.launch "$plan" '

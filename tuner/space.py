@@ -84,12 +84,13 @@ def tp_choices(space: Space) -> list[int]:
     m, k = space.model, space.knobs
     cap = min(space.cluster.gpus_per_node, k.max_tp or space.cluster.gpus_per_node)
     valid = [t for t in divisors(space.num_gpus)
-             if m.num_heads % t == 0 and m.num_kv_heads % t == 0]
+             if m.num_heads % t == 0 and m.num_kv_heads % t == 0 and sp_choices(space, t)]
     return _allowed(valid, k.tp, cap)
 
 
 def pp_choices(space: Space, tp: int) -> list[int]:
-    valid = [p for p in divisors(space.num_gpus // tp) if space.model.num_layers % p == 0]
+    valid = [p for p in divisors(space.num_gpus // tp) if space.model.num_layers % p == 0
+             and vpp_choices(space, p) and zero_choices(space, p)]
     return _allowed(valid, space.knobs.pp, space.knobs.max_pp)
 
 
@@ -131,10 +132,18 @@ def global_batch_choices(lo: int, hi: int, dp: int) -> list[int]:
 
 def vpp_choices(space: Space, pp: int) -> list[int]:
     if pp == 1:
-        return [1]
+        return _allowed([1], space.knobs.vpp)  # a --vpp pin without 1 excludes pp 1
     per_stage = space.model.num_layers // pp
     valid = [v for v in divisors(per_stage)]
     return _allowed(valid, space.knobs.vpp)
+
+
+def sp_choices(space: Space, tp: int) -> list[bool]:
+    return [s for s in space.knobs.sequence_parallel if not s or tp > 1]
+
+
+def zero_choices(space: Space, pp: int) -> list[int]:
+    return [z for z in space.knobs.zero if z <= 1 or pp == 1]
 
 
 def inner_candidates(space: Space, layout: Layout) -> PlanArrays:
@@ -142,11 +151,10 @@ def inner_candidates(space: Space, layout: Layout) -> PlanArrays:
     dp = space.num_gpus // (layout.tp * layout.pp * layout.cp)
     k = space.knobs
     lo, hi = space.global_batch_range
-    sp_values = [s for s in k.sequence_parallel if not s or layout.tp > 1] or [False]
-    zero_values = [z for z in k.zero if z <= 1 or layout.pp == 1]
     grid = np.array(list(itertools.product(
         vpp_choices(space, layout.pp), global_batch_choices(lo, hi, dp), k.micro_batch_size,
-        sp_values, [RECOMPUTE_CODES.index(r) for r in k.recompute], zero_values,
+        sp_choices(space, layout.tp), [RECOMPUTE_CODES.index(r) for r in k.recompute],
+        zero_choices(space, layout.pp),
         [ORDERS.index(o) for o in k.orders])), dtype=np.int64).reshape(-1, 7)
     vpp, gbs, mbs, sp, rec, zero, order = grid.T
     micro = gbs // np.maximum(mbs * dp, 1)
@@ -175,4 +183,4 @@ def check_space(space: Space) -> None:
         raise SpecError(f"no (tp, pp, cp, ep) layout fits {space.num_gpus} GPUs and "
                         f"{space.model.num_layers} layers under the pins; try another GPU "
                         "count (e.g. a multiple of 8 x a divisor of the layer count) or "
-                        "relax --pp/--max-pp/--cp")
+                        "relax --pp/--max-pp/--cp/--vpp/--zero")
