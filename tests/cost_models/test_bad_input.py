@@ -1,0 +1,73 @@
+"""Bad input: exit code 2 and one clear line, never a traceback, nothing half-written."""
+
+import subprocess
+import sys
+
+import pytest
+
+
+def autotune(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "tuner", *args], capture_output=True,
+                          text=True, cwd=cwd)
+
+
+def assert_one_line_error(proc, needle):
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert needle in lines[0]
+
+
+def test_unknown_preset():
+    assert_one_line_error(autotune("predict", "--model", "gpt-9000"), "unknown model")
+
+
+def test_unknown_cluster():
+    assert_one_line_error(autotune("predict", "--cluster", "dgx-z100"), "dgx-z100")
+
+
+def test_plan_that_does_not_divide_the_model():
+    assert_one_line_error(autotune("predict", "--model", "llama3-70b", "--tp", "3"),
+                          "not divisible by tp=3")
+
+
+def test_bad_flag():
+    assert_one_line_error(autotune("predict", "--tpp", "8"), "unrecognized arguments")
+
+
+def test_malformed_json_model(tmp_path):
+    bad = tmp_path / "model.json"
+    bad.write_text('{"num_layers": 4, ')
+    assert_one_line_error(autotune("predict", "--model", str(bad)), str(bad))
+
+
+@pytest.mark.parametrize("content,needle", [
+    ("id,source\nx,y\n", "missing columns"),
+    ("", "missing columns"),
+])
+def test_malformed_runs_csv(tmp_path, content, needle):
+    runs, out = tmp_path / "runs.csv", tmp_path / "out.csv"
+    runs.write_text(content)
+    assert_one_line_error(autotune("validate", str(runs), "--out", str(out)), needle)
+    assert not out.exists()
+
+
+def test_missing_runs_file(tmp_path):
+    proc = autotune("validate", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "o.csv"))
+    assert_one_line_error(proc, "nope.csv")
+
+
+def test_row_that_cannot_be_modelled_is_skipped_with_reason(tmp_path):
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[2] / "cost_models" / "data" / "published_runs_dev.csv"
+    lines = src.read_text().splitlines()
+    broken = lines[1].split(",")
+    broken[3] = "many"  # num_layers
+    runs = tmp_path / "runs.csv"
+    runs.write_text("\n".join([lines[0], ",".join(broken), lines[2]]) + "\n")
+    proc = autotune("validate", str(runs), "--out", str(tmp_path / "o.csv"))
+    assert proc.returncode == 0, proc.stderr
+    assert "skipped narayanan21-t1-gpt-1p7b: column num_layers='many' is not a number" in \
+        proc.stdout

@@ -1,0 +1,91 @@
+"""Formulas against hand-computed and published numbers."""
+
+import numpy as np
+import pytest
+
+from bench.records import BUS_FACTOR, Collective
+from cost_models.catalog import model_preset
+from cost_models.catalog_clusters import cluster_preset
+from cost_models.comm import collective_time_s
+from cost_models.flops import model_flops_per_token
+from cost_models.memory import layer_activation_bytes_per_token
+from cost_models.plan_arrays import from_plans
+from cost_models.specs import Plan
+
+
+def test_gpt3_model_flops_match_korthikanti_formula_with_causal_halving():
+    # Korthikanti et al. 2022 Sec. 6: 72*l*h^2*(1 + s/(6h) + V/(12*h*l)) FLOPs per token,
+    # counting the full score matrix; we count causal attention as half: s/(12h).
+    m = model_preset("gpt3-175b")
+    l, h, s, v = m.num_layers, m.hidden_size, m.seq_len, m.vocab_size
+    expected = 72 * l * h**2 * (1 + s / (12 * h) + v / (12 * h * l))
+    assert model_flops_per_token(m) == pytest.approx(expected, rel=1e-12)
+
+
+def test_llama_model_flops_match_dgxc_formula_with_causal_halving():
+    # dgxc-benchmarking: 12*l*h^2*(1 + G/H + s/h) + 18*l*F*h + 6*V*h per token (full
+    # attention); halving the causal score term gives s/(2h).
+    m = model_preset("llama3-70b")
+    l, h, s, v, f = m.num_layers, m.hidden_size, m.seq_len, m.vocab_size, m.ffn_hidden_size
+    g, heads = m.num_kv_heads, m.num_heads
+    expected = 12 * l * h**2 * (1 + g / heads + s / (2 * h)) + 18 * l * f * h + 6 * v * h
+    assert model_flops_per_token(m) == pytest.approx(expected, rel=1e-12)
+
+
+def _act(model, **plan):
+    arrays = from_plans([Plan(global_batch_size=plan.pop("gbs", 64), **plan)])
+    return float(layer_activation_bytes_per_token(model, arrays, moe=False)[0])
+
+
+@pytest.mark.parametrize("t", [1, 2, 8])
+def test_activation_bytes_match_korthikanti_table2(t):
+    # Korthikanti et al. 2022 Table 2, bytes per layer = s*b*h*(...); per token: h*(...).
+    m = model_preset("gpt3-175b")
+    h, a, s = m.hidden_size, m.num_heads, m.seq_len
+    unfused = dict(flash_attention=False, tp=t, dp=1)
+    assert _act(m, **unfused) == pytest.approx(h * (10 + 24 / t + 5 * a * s / (h * t)))
+    if t > 1:
+        assert _act(m, **unfused, sequence_parallel=True) == pytest.approx(
+            h * (34 / t + 5 * a * s / (h * t)))
+        assert _act(m, **unfused, sequence_parallel=True, recompute="selective") == \
+            pytest.approx(h * 34 / t)
+    assert _act(m, **unfused, recompute="full") == pytest.approx(2 * h)
+    # Flash attention keeps no score matrix: the 34h part remains.
+    assert _act(m, tp=t) == pytest.approx(h * (10 + 24 / t))
+
+
+def test_ring_all_reduce_inside_a_node_is_alpha_beta():
+    cluster = cluster_preset("dgx-h100")
+    nvlink = cluster.tiers[0]
+    size, n = 256 * 2**20, 8
+    t = float(collective_time_s(Collective.ALL_REDUCE, size, n, n, cluster))
+    steps = min(2 * (n - 1), 2 * (n - 1))  # one node: ring and tree chains agree
+    expected = steps * nvlink.latency_s + size * BUS_FACTOR[Collective.ALL_REDUCE](n) / (
+        nvlink.bandwidth_bytes_per_s)
+    assert t == pytest.approx(expected, rel=1e-9)
+
+
+def test_group_spanning_nodes_shares_the_node_network():
+    cluster = cluster_preset("dgx-h100")
+    size = 1 << 30
+    # 8 DP groups side by side (1 rank per node) vs one group holding all 8 GPUs of a node.
+    strided = float(collective_time_s(Collective.ALL_GATHER, size, 16, 1, cluster))
+    packed = float(collective_time_s(Collective.ALL_GATHER, size, 128, 8, cluster))
+    per_gpu = cluster.tiers[1].bandwidth_bytes_per_s
+    assert strided == pytest.approx(size * 15 / 16 / per_gpu, rel=0.01)
+    assert packed < strided
+
+
+def test_send_recv_between_nodes_uses_one_gpu_share_of_the_network():
+    cluster = cluster_preset("dgx-a100-80gb")
+    size = 64 * 2**20
+    t = float(collective_time_s(Collective.SEND_RECV, size, 2, 1, cluster))
+    net = cluster.tiers[1]
+    assert t == pytest.approx(net.latency_s + size / net.bandwidth_bytes_per_s, rel=1e-9)
+
+
+def test_single_rank_group_costs_nothing():
+    cluster = cluster_preset("dgx-h100")
+    assert float(collective_time_s(Collective.ALL_REDUCE, 1e9, 1, 1, cluster)) == 0.0
+    assert np.all(collective_time_s(Collective.ALL_TO_ALL, np.array([1e6, 1e9]), 1, 1,
+                                    cluster) == 0)

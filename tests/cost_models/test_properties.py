@@ -1,0 +1,89 @@
+"""Properties every prediction must have, over many valid plans."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from cost_models.analytical import estimate_batch
+from cost_models.catalog import model_preset
+from cost_models.catalog_clusters import cluster_preset
+from cost_models.specs import LinkTier, Precision
+from tuner.space import Space, inner_candidates, layouts
+
+CASES = [("llama3-70b", "dgx-h100", 256, (128, 256)),
+         ("gpt3-175b", "dgx-a100-80gb", 512, (512, 1024)),
+         ("qwen3-235b-a22b", "dgx-h100", 256, (512, 1024))]
+
+
+def _plans(model_name, cluster_name, gpus, gbs):
+    model, cluster = model_preset(model_name), cluster_preset(cluster_name)
+    space = Space(model=model, cluster=cluster, num_gpus=gpus, global_batch_range=gbs,
+                  precision=Precision.BF16)
+    for layout in layouts(space)[:12]:
+        plans = inner_candidates(space, layout)
+        if len(plans):
+            yield model, cluster, plans
+
+
+def _faster_fabric(cluster, factor):
+    tiers = tuple(replace(t, bandwidth_bytes_per_s=t.bandwidth_bytes_per_s * factor)
+                  for t in cluster.tiers)
+    return replace(cluster, tiers=tiers)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_more_bandwidth_is_never_slower(case):
+    improved = False
+    for model, cluster, plans in _plans(*case):
+        slow = estimate_batch(model, cluster, plans).step_time_s
+        fast = estimate_batch(model, _faster_fabric(cluster, 2.0), plans).step_time_s
+        assert np.all(fast <= slow * (1 + 1e-12))
+        improved |= bool(np.any(fast < slow))
+    assert improved
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_larger_micro_batch_never_less_activation_memory(case):
+    for model, cluster, plans in _plans(*case):
+        memory = estimate_batch(model, cluster, plans).memory_bytes["activations"]
+        key = np.stack([plans.vpp, plans.global_batch_size, plans.sequence_parallel,
+                        plans.recompute, plans.zero, plans.order], axis=1)
+        for row in np.unique(key, axis=0):
+            same = np.all(key == row, axis=1)
+            mbs, mem = plans.micro_batch_size[same], memory[same]
+            order = np.argsort(mbs)
+            assert np.all(np.diff(mem[order]) >= -1e-6)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_more_recompute_never_more_memory(case):
+    for model, cluster, plans in _plans(*case):
+        peak = estimate_batch(model, cluster, plans).peak_memory_bytes
+        key = np.stack([plans.vpp, plans.global_batch_size, plans.micro_batch_size,
+                        plans.sequence_parallel, plans.zero, plans.order], axis=1)
+        for row in np.unique(key, axis=0):
+            same = np.all(key == row, axis=1)
+            by_mode = {int(r): p for r, p in zip(plans.recompute[same], peak[same])}
+            if {0, 1, 2} <= set(by_mode):
+                assert by_mode[0] >= by_mode[1] >= by_mode[2]
+
+
+def test_more_recompute_costs_time():
+    model, cluster, plans = next(_plans(*CASES[0]))
+    est = estimate_batch(model, cluster, plans)
+    assert np.all(est.breakdown_s["recompute"][plans.recompute == 0] == 0)
+    assert np.all(est.breakdown_s["recompute"][plans.recompute == 2] > 0)
+
+
+def test_breakdown_adds_up_to_step_time():
+    for model, cluster, plans in _plans(*CASES[2]):
+        est = estimate_batch(model, cluster, plans)
+        total = sum(est.breakdown_s.values())
+        np.testing.assert_allclose(total, est.step_time_s, rtol=1e-12)
+        assert np.all(est.mfu > 0) and np.all(est.mfu < 1)
+
+
+def test_tier_with_no_bandwidth_is_rejected():
+    with pytest.raises(ValueError, match="bandwidth_bytes_per_s"):
+        LinkTier(name="x", domain_gpus=8, latency_s=1e-6, bandwidth_bytes_per_s=0)

@@ -1,0 +1,63 @@
+"""The dev set of published runs as a golden test (tolerances are today's accuracy plus a
+margin: a change that makes predictions worse fails here)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+RUNS = Path(__file__).resolve().parents[2] / "cost_models" / "data" / "published_runs_dev.csv"
+
+
+@pytest.fixture(scope="module")
+def predictions(tmp_path_factory):
+    out = tmp_path_factory.mktemp("val") / "preds.csv"
+    proc = subprocess.run([sys.executable, "-m", "tuner", "validate", str(RUNS), "--out",
+                           str(out)], capture_output=True, text=True, check=True)
+    return pd.read_csv(out), proc.stdout
+
+
+def test_every_usable_row_is_predicted(predictions):
+    preds, stdout = predictions
+    runs = pd.read_csv(RUNS)
+    assert set(preds.id) == set(runs[runs.usable == 1].id)
+    assert "skipped korthikanti22-gpt-530b-dp8-2240g: usable != 1" in stdout
+
+
+def test_mean_error_within_tolerance(predictions):
+    preds, _ = predictions
+    assert preds.abs_err_pct.mean() <= 12.0
+
+
+@pytest.mark.parametrize("family,max_err", [("narayanan21-t1", 10.0), ("korthikanti22", 10.0),
+                                            ("megatron20", 11.0), ("dgxc-gpt3", 12.0),
+                                            ("dgxc-llama31-70b", 9.0),
+                                            ("dgxc-llama31-405b", 20.0)])
+def test_family_errors_within_tolerance(predictions, family, max_err):
+    preds, _ = predictions
+    rows = preds[preds.id.str.startswith(family)]
+    assert len(rows) > 0
+    assert rows.abs_err_pct.max() <= max_err, rows[["id", "err_pct"]].to_string()
+
+
+def test_korthikanti_selective_beats_full_recompute_as_published(predictions):
+    preds, _ = predictions
+    by_id = preds.set_index("id").pred_iter_time_s
+    for size in ("22b", "175b", "530b", "1t"):
+        assert (by_id[f"korthikanti22-gpt-{size}-sp-selective"]
+                < by_id[f"korthikanti22-gpt-{size}-full-recompute"])
+
+
+def test_rows_in_any_order_give_the_same_predictions(tmp_path, predictions):
+    preds, _ = predictions
+    shuffled = pd.read_csv(RUNS, dtype=str, keep_default_na=False).sample(frac=1,
+                                                                           random_state=3)
+    src, out = tmp_path / "shuffled.csv", tmp_path / "preds.csv"
+    shuffled.to_csv(src, index=False)
+    subprocess.run([sys.executable, "-m", "tuner", "validate", str(src), "--out", str(out)],
+                   check=True, capture_output=True)
+    again = pd.read_csv(out).set_index("id").pred_iter_time_s
+    pd.testing.assert_series_equal(again.sort_index(),
+                                   preds.set_index("id").pred_iter_time_s.sort_index())
