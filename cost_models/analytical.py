@@ -34,6 +34,11 @@ from cost_models.specs import ClusterSpec, Estimate, ModelSpec, Plan
 # Adam step: read and write the fp32 weight, m and v (24 B), read the fp32 gradient (4 B),
 # write the 16-bit weight (2 B), plus one gradient read for the norm/clipping (4 B).
 OPTIMIZER_STEP_BYTES_PER_PARAM = 34
+# ASSUMPTION: a ring collective runs one CTA per NCCL channel; at 16-32 channels on a
+# 108-132-SM GPU it holds ~15% of the SMs, and compute overlapped with it slows by that much
+# (NCCL docs, NCCL_MIN/MAX_NCHANNELS; the interference is why Megatron-LM and TE cap the
+# channels of overlapped collectives).
+NCCL_SM_FRACTION = 0.15
 
 TIME_TERMS = ("compute", "recompute", "tp_comm", "cp_comm", "ep_comm", "pp_bubble",
               "pp_comm", "dp_comm", "optimizer")
@@ -62,8 +67,8 @@ def _per_microbatch(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays, k
         selective = selective_recompute_s(model, cluster, plans, moe, t.attention_s)
         recompute = np.choose(plans.recompute, [0.0, selective, t.forward_s])
         cp_fwd, cp_bwd = cp_comm_per_layer_s(model, plans, k["cp"], cluster)
-        cp_exposed = (np.maximum(cp_fwd - t.attention_s, 0)
-                      + np.maximum(cp_bwd - t.attention_backward_s, 0))
+        cp_exposed = (hidden_comm_cost_s(cp_fwd, t.attention_s)
+                      + hidden_comm_cost_s(cp_bwd, t.attention_backward_s))
         terms["compute"] = terms["compute"] + share * (t.forward_s + t.backward_s)
         terms["recompute"] = terms["recompute"] + share * recompute
         terms["tp_comm"] = terms["tp_comm"] + share * tp_comm_per_layer_s(
@@ -76,13 +81,20 @@ def _per_microbatch(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays, k
     return terms
 
 
+def hidden_comm_cost_s(comm_s, window_s) -> np.ndarray:
+    """Seconds a collective adds when it runs behind `window_s` of compute: the part that
+    does not fit, plus the compute slowed by the SMs NCCL occupies meanwhile."""
+    hidden = np.minimum(comm_s, window_s)
+    return np.maximum(comm_s - window_s, 0.0) + NCCL_SM_FRACTION * hidden
+
+
 def _dp_exposed_s(model, cluster, plans, k, mb_compute_s) -> np.ndarray:
     grad_s, weight_s = dp_comm_s(model, plans, k, cluster)
     backward_window = mb_compute_s * 2.0 / 3.0
     forward_window = mb_compute_s / 3.0
-    overlapped = (np.maximum(grad_s - backward_window, 0.0)
-                  + np.maximum(weight_s - forward_window, 0.0))
-    zero3 = plans.num_microbatches * np.maximum(grad_s + weight_s - mb_compute_s, 0.0)
+    overlapped = (hidden_comm_cost_s(grad_s, backward_window)
+                  + hidden_comm_cost_s(weight_s, forward_window))
+    zero3 = plans.num_microbatches * hidden_comm_cost_s(grad_s + weight_s, mb_compute_s)
     return np.where(plans.zero == 3, zero3, overlapped)
 
 

@@ -5,7 +5,8 @@
 
 The model is `cost_models.comm.collective_time_s` itself: tier 0 (inside a node) and tier 1
 (across nodes) get latency_s and bandwidth_bytes_per_s chosen by least squares on the
-logarithm of time (relative errors, so 8 B and 64 MiB points weigh alike), with each
+logarithm of time (relative errors, so 8 B and 64 MiB points weigh alike; Huber-reweighted so a few noisy
+points cannot drag the fit), with each
 measurement's own group size, ranks per node and concurrent groups per node. The tier values
 come from all-reduce when it was measured (else from every collective); another collective
 whose own fit differs by more than OVERRIDE_TOLERANCE gets a per-collective override. The GPU
@@ -111,16 +112,28 @@ def _least_squares(residual, x0: np.ndarray, iters: int = 60) -> np.ndarray:
     return x
 
 
+def _huber_weights(r: np.ndarray) -> np.ndarray:
+    """Huber (1964) weights, k = 1.345 robust standard deviations (MAD): points far off the
+    curve (a noisy size on a busy host) count less, so they cannot drag the bandwidth."""
+    scale = 1.4826 * np.median(np.abs(r - np.median(r))) + 1e-3
+    return np.minimum(1.0, 1.345 * scale / np.maximum(np.abs(r), 1e-12))
+
+
 def _fit_tier(cluster: ClusterSpec, tier_index: int, rows: pd.DataFrame,
               measured_s: np.ndarray) -> np.ndarray:
-    """log(latency_s), log(bandwidth) of one tier that best reproduce `rows`."""
+    """log(latency_s), log(bandwidth) of one tier that best reproduce `rows`: robust least
+    squares on log time (iteratively reweighted)."""
     busbw = rows["busbw_gbps"].to_numpy() * 1e9
-    x0 = np.log([max(measured_s.min() / 4, 1e-7), max(np.quantile(busbw, 0.9), 1e3)])
+    x = np.log([max(measured_s.min() / 4, 1e-7), max(np.quantile(busbw, 0.9), 1e3)])
+    weights = np.ones(len(rows))
 
     def residual(x):
         return np.log(predict_s(fit_cluster(cluster, tier_index, x), rows)) - np.log(measured_s)
 
-    return _least_squares(residual, x0)
+    for _ in range(4):
+        x = _least_squares(lambda p, w=np.sqrt(weights): w * residual(p), x)
+        weights = _huber_weights(residual(x))
+    return x
 
 
 def _tier_rows(frame: pd.DataFrame, tier_index: int) -> pd.Series:

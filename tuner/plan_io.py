@@ -25,6 +25,7 @@ from enum import Enum
 from importlib import metadata
 from pathlib import Path
 
+from cost_models.loaders import cluster_from_dict, cluster_to_dict
 from cost_models.specs import ClusterSpec, Estimate, ModelSpec, Plan, SpecError
 from tuner.deepspeed_config import deepspeed_config
 from tuner.megatron import megatron_args, megatron_env
@@ -40,16 +41,21 @@ class LoadedPlan:
 
     model: ModelSpec
     plan: Plan
-    cluster_name: str
-    gpu_name: str
-    gpu_memory_bytes: int
-    gpus_per_node: int
+    cluster: ClusterSpec
     prediction: Mapping[str, object]
     raw: Mapping[str, object]
 
     @property
     def num_gpus(self) -> int:
         return self.plan.num_gpus
+
+    @property
+    def gpu_memory_bytes(self) -> int:
+        return self.cluster.gpu.memory_bytes
+
+    @property
+    def gpus_per_node(self) -> int:
+        return self.cluster.gpus_per_node
 
 
 # ---------------------------------------------------------------- writing
@@ -104,12 +110,9 @@ def prediction_block(estimate: Estimate, tokens_budget: float, num_gpus: int) ->
 
 
 def cluster_block(cluster: ClusterSpec) -> dict[str, object]:
-    """The cluster the plan was made for: the GPU, the node size and the fabric tiers."""
-    return {"name": cluster.name, "source": cluster.source, "gpu": spec_dict(cluster.gpu),
-            "gpu_memory_bytes": cluster.gpu.memory_bytes, "gpus_per_node": cluster.gpus_per_node,
-            "nics_per_node": cluster.nics_per_node,
-            "nic_bandwidth_bytes_per_s": float(cluster.nic_bandwidth_bytes_per_s),
-            "tiers": [spec_dict(tier) for tier in cluster.tiers]}
+    """The cluster the plan was made for: the cluster-profile format of cost_models.loaders,
+    plus `gpu_memory_bytes` at the top for readers that need only that."""
+    return cluster_to_dict(cluster) | {"gpu_memory_bytes": cluster.gpu.memory_bytes}
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -187,6 +190,12 @@ def plan_document(model: ModelSpec, cluster: ClusterSpec, plan: Plan, estimate: 
     }
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     """Write `text` to `path` through a temp file in the same folder and os.replace.
 
@@ -198,6 +207,7 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
                                          dir=target.parent)
     try:
+        os.chmod(temp_name, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)
             stream.flush()
@@ -270,6 +280,16 @@ def _check_prediction(prediction: Mapping[str, object]) -> None:
     _section(prediction, "time_to_train")
 
 
+def _cluster(block: Mapping[str, object]) -> ClusterSpec:
+    profile = {key: value for key, value in block.items() if key != "gpu_memory_bytes"}
+    cluster = cluster_from_dict(profile, "cluster")
+    stored = _number(block, "gpu_memory_bytes", "cluster")
+    if stored != cluster.gpu.memory_bytes:
+        raise SpecError(f"cluster.gpu_memory_bytes={stored!r} does not match "
+                        f"cluster.gpu.memory_bytes={cluster.gpu.memory_bytes}")
+    return cluster
+
+
 def parse_plan(doc: object) -> LoadedPlan:
     """Validate a plan document (already parsed JSON) and rebuild its specs."""
     if not isinstance(doc, Mapping):
@@ -280,7 +300,7 @@ def parse_plan(doc: object) -> LoadedPlan:
                         f"{PLAN_SCHEMA_VERSION}; re-run `autotune search` to write a new plan")
     model = _spec_from_dict(ModelSpec, doc.get("model"), "model")
     plan = _spec_from_dict(Plan, doc.get("plan"), "plan")
-    cluster, prediction = _section(doc, "cluster"), _section(doc, "prediction")
+    cluster, prediction = _cluster(_section(doc, "cluster")), _section(doc, "prediction")
     _check_prediction(prediction)
     _section(_section(doc, "provenance"), "cost_model")
     launch = _section(doc, "launch")
@@ -291,11 +311,7 @@ def parse_plan(doc: object) -> LoadedPlan:
     if stored != plan.num_gpus:
         raise SpecError(f"layout.num_gpus={stored!r} does not match the plan's "
                         f"tp*pp*dp*cp={plan.num_gpus}")
-    return LoadedPlan(model=model, plan=plan, cluster_name=str(cluster.get("name", "")),
-                      gpu_name=str(_section(cluster, "gpu").get("name", "")),
-                      gpu_memory_bytes=int(_number(cluster, "gpu_memory_bytes", "cluster")),
-                      gpus_per_node=int(_number(cluster, "gpus_per_node", "cluster")),
-                      prediction=prediction, raw=doc)
+    return LoadedPlan(model=model, plan=plan, cluster=cluster, prediction=prediction, raw=doc)
 
 
 def load_plan(path: str | os.PathLike[str]) -> LoadedPlan:

@@ -53,11 +53,17 @@ def header(model: ModelSpec, cluster: ClusterSpec, num_gpus: int, default_cluste
             f"{cluster.name}: {where})")
 
 
+ZERO3_NOTE = ("Note    ZeRO-3/FSDP plans are the least validated: the published DeepSpeed "
+              "ZeRO-3 runs of the dev set\n        took 30-77% longer than predicted "
+              "(results/validation); pin --zero 0,1 to compare.")
+
+
 def best_block(best: Ranked, cluster: ClusterSpec, seq_len: int, batch_note: str,
                tokens_budget: float) -> str:
     days = train_days(tokens_budget, best.tokens_per_s)
     gpu_hours = days * 24 * best.plan.num_gpus
-    return "\n".join([
+    note = [ZERO3_NOTE] if best.plan.zero == 3 else []
+    return "\n".join(note + [
         f"Best    {plan_line(best.plan)}",
         f"Batch   {batch_note}",
         f"Step    {best.step_time_s:.2f} s   MFU {100 * best.mfu:.1f}%   "

@@ -42,8 +42,7 @@ partune_failed() {
 trap 'partune_failed $? $LINENO "$BASH_COMMAND"' ERR"""
 RENDEZVOUS = r"""# torch.distributed rendezvous: rank 0 runs on the first node; one port per job.
 MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
-export MASTER_ADDR MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))
-export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}"""
+export MASTER_ADDR MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))"""
 
 
 class GenError(ValueError):
@@ -150,7 +149,7 @@ def body(job: Job) -> list[str]:
     """The commands of each kind; they read only the quoted variables set above."""
     if job.kind == "bench":
         mpi = ' --mpi="$mpi"' if "mpi" in job.flags else ""
-        return [RENDEZVOUS,
+        return [RENDEZVOUS, "export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}",
                 'mkdir -p -- "$(dirname -- "$results")" "$(dirname -- "$profile")"',
                 f'srun --kill-on-bad-exit=1{mpi} "$python" -m bench "$collectives" '
                 '--backend "$backend" -o "$results" "${tool_args[@]}"',
@@ -164,7 +163,8 @@ def body(job: Job) -> list[str]:
                 '"$python" -m tuner search --storage "$storage" --study-name "$study_name" '
                 f'--trials "$trials" --out {out} "${{tool_args[@]}}"']
     dry = " --dry-run" if "dry_run" in job.flags else ""
-    return ['srun --ntasks-per-node=1 --kill-on-bad-exit=1 "$python" -m tuner.launch "$plan" '
+    return [RENDEZVOUS,
+            'srun --ntasks-per-node=1 --kill-on-bad-exit=1 "$python" -m tuner.launch "$plan" '
             f'--framework "$framework"{dry} -- "${{tool_args[@]}}"']
 
 
