@@ -22,13 +22,13 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from bench.records import Collective
+from cost_models.atomic import write_json_atomic
 from cost_models.catalog import MODELS, closest_names, model_preset
 from cost_models.catalog_clusters import CLUSTERS, cluster_preset
 from cost_models.catalog_sizes import is_size, model_from_size
@@ -117,23 +117,6 @@ def _read_mapping(path: Path) -> dict:
     return _require_mapping(data, str(path))
 
 
-def _write_json_atomic(data: Mapping, path: str | os.PathLike) -> None:
-    """Write to a temporary file beside `path`, then os.replace: never a half-written file."""
-    path = Path(path)
-    text = json.dumps(data, indent=2) + "\n"
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as error:
-        raise SpecError(f"{path}: cannot write ({error.strerror})") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def _looks_like_file(ref: str) -> bool:
     return Path(ref).suffix.lower() in _FILE_SUFFIXES or os.sep in ref or "/" in ref
 
@@ -160,7 +143,7 @@ def model_from_dict(data: object, where: str = "model") -> ModelSpec:
 
 
 def save_model(model: ModelSpec, path: str | os.PathLike) -> None:
-    _write_json_atomic(model_to_dict(model), path)
+    write_json_atomic(path, model_to_dict(model))
 
 
 def load_model(ref: str, *, seq_len: int | None = None) -> ModelSpec:
@@ -343,7 +326,7 @@ def cluster_from_dict(data: object, where: str = "cluster") -> ClusterSpec:
 def save_cluster(cluster: ClusterSpec, path: str | os.PathLike, *,
                  provenance: Mapping | None = None, fit: Mapping | None = None) -> None:
     """Write a cluster profile atomically (temporary file + os.replace)."""
-    _write_json_atomic(cluster_to_dict(cluster, provenance=provenance, fit=fit), path)
+    write_json_atomic(path, cluster_to_dict(cluster, provenance=provenance, fit=fit))
 
 
 def _optional_block(data: dict, name: str, where: str) -> dict:

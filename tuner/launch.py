@@ -27,8 +27,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from cost_models.atomic import write_json_atomic
 from cost_models.specs import SpecError
-from tuner.plan_io import load_plan, parse_plan, write_json_atomic
+from tuner.plan_io import load_plan, parse_plan
 
 FRAMEWORKS = ("megatron", "deepspeed")
 DEFAULT_SCRIPTS = {"megatron": "pretrain_gpt.py", "deepspeed": "train.py"}

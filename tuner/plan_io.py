@@ -18,13 +18,13 @@ import json
 import math
 import numbers
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from enum import Enum
 from importlib import metadata
 from pathlib import Path
 
+from cost_models.atomic import write_json_atomic
 from cost_models.loaders import cluster_from_dict, cluster_to_dict
 from cost_models.specs import ClusterSpec, Estimate, ModelSpec, Plan, SpecError
 from tuner.deepspeed_config import deepspeed_config
@@ -188,42 +188,6 @@ def plan_document(model: ModelSpec, cluster: ClusterSpec, plan: Plan, estimate: 
         "provenance": stamp | _plain(dict(provenance)),
         "launch": launch_block(model, plan),
     }
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
-    """Write `text` to `path` through a temp file in the same folder and os.replace.
-
-    Readers see the old file or the new one, never a part: on any failure the temp file is
-    removed and `path` is untouched.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
-                                         dir=target.parent)
-    try:
-        os.chmod(temp_name, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp_name, target)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(path: str | os.PathLike[str], document: Mapping[str, object]) -> None:
-    try:
-        text = json.dumps(document, indent=2, allow_nan=False) + "\n"
-    except (TypeError, ValueError) as error:
-        raise SpecError(f"cannot write {str(path)!r}: {error}") from None
-    write_text_atomic(path, text)
 
 
 def save_plan(doc: Mapping[str, object], path: str | os.PathLike[str]) -> None:

@@ -11,10 +11,17 @@ The default sampler is Optuna's BruteForceSampler: it visits every layout once, 
 result is the exact optimum of the cost model over the declared space. `sampler="tpe"` with
 `n_trials` samples instead (for spaces too large to enumerate); `exhaustive_best` gives the
 exact answer to compare against.
+
+Shared studies: a study records the fingerprint of its space and refuses another one. A
+worker that has nothing left to try waits for trials still RUNNING in other workers, so every
+worker returns the optimum over every layout. A trial RUNNING longer than
+$PARTUNE_STALE_TRIAL_S seconds (default 120; trials take milliseconds) lost its worker (e.g.
+SIGKILL): `recover_stale_trials` marks it FAIL and queues its layout again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -42,6 +49,7 @@ from tuner.space import (
 KEEP_PER_LAYOUT = 3
 STALE_RUNNING_S = 120.0  # a trial takes milliseconds; one RUNNING this long lost its worker
 STALE_ENV = "PARTUNE_STALE_TRIAL_S"  # overrides STALE_RUNNING_S (tests, fast restarts)
+WAIT_POLL_S = 0.05  # how often a finished worker checks on trials still running elsewhere
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -187,19 +195,66 @@ def recover_stale_trials(study: optuna.Study, older_than_s: float | None = None)
     return recovered
 
 
+def space_fingerprint(space: Space, headroom: float) -> str:
+    return hashlib.sha256(repr((space, headroom)).encode()).hexdigest()[:16]
+
+
+def describe(space: Space) -> str:
+    return f"{space.model.name} on {space.num_gpus} x {space.cluster.gpu.name}"
+
+
+def claim_study(study: optuna.Study, space: Space, headroom: float) -> None:
+    """A study holds one search: refuse to mix in trials of another space (or headroom)."""
+    mine = space_fingerprint(space, headroom)
+    held = study.user_attrs.get("space_fingerprint")
+    if held is None:
+        study.set_user_attr("space_fingerprint", mine)
+        study.set_user_attr("space", describe(space))
+    elif held != mine:
+        raise SpecError(f"study {study.study_name!r} holds a search of "
+                        f"{study.user_attrs.get('space', 'another space')} with other settings; "
+                        f"give this search of {describe(space)} its own --study-name")
+
+
+def await_other_workers(study: optuna.Study, objective, progress: bool) -> None:
+    """Brute force stops a worker once every layout is finished or RUNNING in another worker.
+
+    Wait for those trials so this worker's answer covers every layout; a trial RUNNING longer
+    than the stale threshold lost its worker, so recover it and score its layout here.
+    """
+    running = (optuna.trial.TrialState.RUNNING,)
+    for _ in range(3):
+        while study.get_trials(deepcopy=False, states=running):
+            if recover_stale_trials(study):
+                break
+            time.sleep(WAIT_POLL_S)
+        else:
+            return
+        study.optimize(objective, show_progress_bar=progress, gc_after_trial=False)
+
+
 def run_study(study: optuna.Study, space: Space, *, headroom: float, n_trials: int | None,
               timeout_s: float | None = None, progress: bool = False) -> None:
     """Optimize until the sampler has seen every layout (brute force) or n_trials ran."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if n_trials is not None and n_trials < 1:
+        raise SpecError(f"--trials {n_trials} must be >= 1")
+    claim_study(study, space, headroom)
     total = len(layouts(space))
-    if isinstance(study.sampler, optuna.samplers.BruteForceSampler):
+    objective = make_objective(space, headroom)
+    brute = isinstance(study.sampler, optuna.samplers.BruteForceSampler)
+    if not brute and n_trials is None and timeout_s is None:
+        n_trials = total  # a sampler that never stops by itself: one trial per layout
+    if brute:
         seen = {tuple(sorted(t.params.items())) for t in study.get_trials(deepcopy=False)
                 if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)}
         if len(seen) >= total:
             return  # every layout is in the study already (a finished or resumed search)
         # The sampler stops the study itself once every layout has been tried.
-    study.optimize(make_objective(space, headroom), n_trials=n_trials, timeout=timeout_s,
+    study.optimize(objective, n_trials=n_trials, timeout=timeout_s,
                    show_progress_bar=progress, gc_after_trial=False)
+    if brute and n_trials is None and timeout_s is None:
+        await_other_workers(study, objective, progress)
 
 
 def best_per_layout(ranked: list[Ranked]) -> list[Ranked]:

@@ -273,6 +273,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
             raise GenError(f"--{name.replace('_', '-')} {value} is out of range")
     if getattr(args, "submit", False) and not args.output:
         raise GenError("--submit needs -o FILE: sbatch reads the script from a file")
+    if getattr(args, "wait", None) is not None and not args.submit:
+        raise GenError("--wait follows a submitted job: add --submit")
     return args, argv[cut + 1:]
 
 

@@ -15,11 +15,11 @@ import io
 from collections import defaultdict
 from pathlib import Path
 
+from cost_models.atomic import write_text_atomic
 from cost_models.catalog_clusters import cluster_for_run
 from cost_models.specs import SpecError
 from cost_models.validate import Row, Skipped, best_candidate, parse_rows, read_rows
 from tuner import options as opt
-from tuner.plan_io import write_text_atomic
 
 PLAN_COLUMNS = ("tp", "pp", "vpp", "dp", "cp", "ep", "micro_batch_size", "sequence_parallel",
                 "recompute", "zero", "flash_attention")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from tuner.plan_io import write_text_atomic
+from cost_models.atomic import write_text_atomic
 
 
 def write_report(folder: Path, records: list[dict], checks: list, skipped: list,

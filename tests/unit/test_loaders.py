@@ -125,7 +125,8 @@ def test_malformed_and_missing_files(tmp_path):
     (tmp_path / "bad.yaml").write_text("a: [1,\n")
     fails(load_model, str(tmp_path / "bad.yaml"), match="not valid YAML")
     fails(load_model, str(tmp_path / "absent.json"), match="absent.json: no such file")
-    fails(save_model, model_preset("llama3-8b"), tmp_path / "no" / "m.json",
+    (tmp_path / "a-file").write_text("")
+    fails(save_model, model_preset("llama3-8b"), tmp_path / "a-file" / "m.json",
           match="m.json: cannot write")
     cluster_file = tmp_path / "cluster.json"
     save_cluster(cluster_preset("h800"), cluster_file)
@@ -214,7 +215,7 @@ def test_save_cluster_never_leaves_a_half_written_file(tmp_path):
     path = tmp_path / "c.json"
     save_cluster(cluster_preset("dgx-h100"), path)
     before = path.read_bytes()
-    with pytest.raises(TypeError):
+    with pytest.raises(SpecError, match="cannot write"):
         save_cluster(cluster_preset("b200"), path, provenance={"bad": object()})
     assert path.read_bytes() == before and len(list(tmp_path.iterdir())) == 1
 
