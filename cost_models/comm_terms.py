@@ -20,6 +20,11 @@ ranks per node (`placement`). Bytes are counted here, once per axis:
 - DP: gradient all-reduce (ZeRO 0), or reduce-scatter of gradients + all-gather of weights
   (distributed optimizer / ZeRO 1-2), or per-micro-batch weight all-gathers forward and
   backward plus a gradient reduce-scatter (ZeRO-3; Rajbhandari et al. 2020, arXiv:1910.02054).
+  ZeRO-3's per-module collectives are taken to be rail-bound: each GPU moves its share
+  through its own NIC (groups_per_node = gpus_per_node), not the node's pooled NICs. This is
+  what published ZeRO-3 runs show: Narayanan et al. 2021 Table 2 (DeepSpeed ZeRO-3, 8x HDR
+  DGX A100) moved 3 x 2 bytes x parameters per GPU per step at 15.7 GB/s (175B) and
+  17.3 GB/s (530B) -- 63-69% of one 25 GB/s NIC, an order below pooled-NIC NCCL rings.
 """
 
 from __future__ import annotations
@@ -111,10 +116,13 @@ def dp_comm_s(model: ModelSpec, plans: PlanArrays, k: dict, cluster: ClusterSpec
     k_edp = np.minimum(np.maximum(cluster.gpus_per_node // plans.ep, 1), edp)
     groups = ((dense, plans.dp * plans.cp, k["dp_cp"]), (experts, edp, k_edp))
     grad_s, weight_s = 0.0, 0.0
+    rail = np.where(plans.zero == 3, float(cluster.gpus_per_node), np.nan)
     for count, n, kk in groups:
+        shared = np.where(np.isnan(rail), cluster.gpus_per_node / np.maximum(kk, 1), rail)
         ar = collective_time_s(AR, count * grad_b, n, kk, cluster)
-        rs = collective_time_s(RS, count * grad_b, n, kk, cluster)
-        ag = collective_time_s(AG, count * WEIGHT_BYTES, n, kk, cluster)
+        rs = collective_time_s(RS, count * grad_b, n, kk, cluster, groups_per_node=shared)
+        ag = collective_time_s(AG, count * WEIGHT_BYTES, n, kk, cluster,
+                               groups_per_node=shared)
         grad_s = grad_s + np.where(plans.zero == 0, ar, rs)
         weight_s = weight_s + np.where(plans.zero == 0, 0.0,
                                        np.where(plans.zero == 3, 2 * ag, ag))

@@ -31,6 +31,7 @@ EXIT_USAGE = 2
 OVERRIDE_TOLERANCE = 0.10  # relative difference in latency or bandwidth worth an override
 MIN_POINTS = 3  # a (collective, tier) needs this many sizes to be fitted on its own
 STATISTICS = ("p50", "mean", "min")
+LARGE_BYTES = 1 << 20  # errors are also reported from here up (bandwidth-bound sizes)
 
 
 class FitError(ValueError):
@@ -196,9 +197,17 @@ def error_summary(checked: pd.DataFrame) -> dict:
     err = checked["rel_error"].abs()
     by = {name: round(float(part.abs().median()), 4)
           for name, part in checked.groupby("collective")["rel_error"]}
+    large = checked["size_bytes"] >= LARGE_BYTES
     return {"points": int(len(checked)), "median_abs_rel_error": round(float(err.median()), 4),
             "max_abs_rel_error": round(float(err.max()), 4),
-            "median_abs_rel_error_by_collective": by}
+            "median_abs_rel_error_by_collective": by,
+            "sizes_from_1MiB": {"points": int(large.sum()),
+                                "median_abs_rel_error": _round(err[large].median()),
+                                "max_abs_rel_error": _round(err[large].max())}}
+
+
+def _round(value: float) -> float | None:
+    return None if pd.isna(value) else round(float(value), 4)
 
 
 def split_holdout(frame: pd.DataFrame, every_other_size: bool, query: str | None):

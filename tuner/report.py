@@ -53,9 +53,9 @@ def header(model: ModelSpec, cluster: ClusterSpec, num_gpus: int, default_cluste
             f"{cluster.name}: {where})")
 
 
-ZERO3_NOTE = ("Note    ZeRO-3/FSDP plans are the least validated: the published DeepSpeed "
-              "ZeRO-3 runs of the dev set\n        took 30-77% longer than predicted "
-              "(results/validation); pin --zero 0,1 to compare.")
+ZERO3_NOTE = ("Note    ZeRO-3/FSDP plans are the least validated: published ZeRO-3 runs of "
+              "the dev set were\n        5-22% slower than predicted (results/validation); "
+              "pin --zero 0,1 to compare.")
 
 
 def best_block(best: Ranked, cluster: ClusterSpec, seq_len: int, batch_note: str,
