@@ -23,7 +23,7 @@ from cost_models.flops import (
     layer_gemms,
     logits_gemm,
 )
-from cost_models.gemm_curve import H100_BF16_CURVE, GemmCurve, gemm_time_s
+from cost_models.gemm_curve import GemmCurve, curve_for, gemm_time_s
 from cost_models.params import mlp_matrices
 from cost_models.plan_arrays import PRECISION_CODES, PlanArrays
 from cost_models.specs import ClusterSpec, ModelSpec, Precision
@@ -108,8 +108,9 @@ def fp8_cast_bytes_per_token(model: ModelSpec, moe: bool) -> float:
     return 4.0 * (inputs + grads / 2.0)
 
 
-def layer_times(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays, moe: bool,
-                curve: GemmCurve = H100_BF16_CURVE) -> LayerTimes:
+def layer_times(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays,
+                moe: bool) -> LayerTimes:
+    curve = curve_for(cluster.gpu)
     tokens = plans.micro_batch_size * model.seq_len / plans.cp
     peak = _gemm_peak(cluster, plans)
     gemm = sum(grouped_gemm_time_s(g, peak, curve)
@@ -173,11 +174,10 @@ def unfused_attention_s(model: ModelSpec, cluster: ClusterSpec, plans: PlanArray
     return products + 9 * scores, BACKWARD_FACTOR * products + 11 * scores
 
 
-def logits_time_s(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays,
-                  curve: GemmCurve = H100_BF16_CURVE) -> np.ndarray:
+def logits_time_s(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays) -> np.ndarray:
     """Output layer and cross-entropy of one micro-batch, forward + backward."""
     tokens = plans.micro_batch_size * model.seq_len / plans.cp
     g = logits_gemm(model, tokens, plans.tp)
-    gemm = gemm_time_s(g.m, g.k, g.n, _gemm_peak(cluster, plans), curve)
+    gemm = gemm_time_s(g.m, g.k, g.n, _gemm_peak(cluster, plans), curve_for(cluster.gpu))
     loss = tokens * model.vocab_size / plans.tp * LOGIT_PASSES_BYTES
     return (1 + BACKWARD_FACTOR) * gemm + loss / cluster.gpu.hbm_bandwidth_bytes_per_s

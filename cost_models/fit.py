@@ -5,9 +5,9 @@
 
 The model is `cost_models.comm.collective_time_s` itself: tier 0 (inside a node) and tier 1
 (across nodes) get latency_s and bandwidth_bytes_per_s chosen by least squares on the
-logarithm of time (relative errors, so 8 B and 64 MiB points weigh alike; Huber-reweighted so a few noisy
-points cannot drag the fit), with each
-measurement's own group size, ranks per node and concurrent groups per node. The tier values
+logarithm of time (relative errors, so 8 B and 64 MiB points weigh alike; Huber-reweighted
+so a few noisy points cannot drag the fit), with each measurement's own group size, ranks
+per node and concurrent groups per node. The tier values
 come from all-reduce when it was measured (else from every collective); another collective
 whose own fit differs by more than OVERRIDE_TOLERANCE gets a per-collective override. The GPU
 comes from a base preset; gpus_per_node is the measured ranks per node.

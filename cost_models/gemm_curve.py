@@ -40,6 +40,23 @@ H100_BF16_CURVE = GemmCurve(max_fraction=0.7132, k_half=113.5, overhead_s=22.0e-
                             source="cost_models/data/h100_sxm_bf16_gemm.csv")
 
 
+def curve_for(gpu) -> GemmCurve:
+    """The GPU's own measured curve when its spec carries one, else the H100 curve applied
+    to its peak (ASSUMPTION for GPUs without measurements: same fractions of peak)."""
+    if gpu.gemm_max_fraction > 0:
+        return GemmCurve(max_fraction=gpu.gemm_max_fraction, k_half=gpu.gemm_k_half,
+                         overhead_s=gpu.gemm_overhead_s, source=f"gpu {gpu.name} spec")
+    return H100_BF16_CURVE
+
+
+def with_curve(gpu, curve: GemmCurve):
+    """The GPU spec carrying a fitted curve (e.g. from bench/gemm.py results)."""
+    from dataclasses import replace
+
+    return replace(gpu, gemm_max_fraction=curve.max_fraction, gemm_k_half=curve.k_half,
+                   gemm_overhead_s=curve.overhead_s)
+
+
 def gemm_time_s(m, k, n, peak_flops: float, curve: GemmCurve = H100_BF16_CURVE) -> np.ndarray:
     """Seconds for one product of shape (m, k, n); arrays broadcast; m == 0 costs nothing."""
     m, k, n = (np.asarray(x, dtype=float) for x in (m, k, n))

@@ -141,6 +141,10 @@ class GpuSpec:
     peak_fp8_flops: float = 0.0
     memory_bytes: int
     hbm_bandwidth_bytes_per_s: float
+    # Measured GEMM-efficiency curve (cost_models/gemm_curve.py); 0: the H100 measurement.
+    gemm_max_fraction: float = 0.0
+    gemm_k_half: float = 0.0
+    gemm_overhead_s: float = 0.0
 
     def __post_init__(self) -> None:
         owner = f"gpu {self.name!r}"

@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass
 
 from cost_models.analytical import estimate
-from cost_models.gemm_curve import H100_BF16_CURVE
+from cost_models.gemm_curve import curve_for
 from cost_models.params import count_parameters
 from cost_models.specs import ClusterSpec, ModelSpec, Precision, SpecError
 from tuner import options as opt
@@ -162,7 +162,7 @@ def plan_doc(req: Request, best: Ranked, ranked: list[Ranked], args) -> dict:
     measured = " sha256:" in req.cluster.source  # loaders stamp profile files this way
     provenance = make_provenance(
         cost_model="cost_models.analytical", preset=None if measured else req.cluster.name,
-        parameters={"gemm_curve": H100_BF16_CURVE.source,
+        parameters={"gemm_curve": curve_for(req.cluster.gpu).source,
                     "memory_headroom": args.memory_headroom, "sampler": args.sampler},
         profile_path=req.cluster.source.split(" sha256:")[0] if measured else None)
     alternatives = [(r.plan, estimate(req.model, req.cluster, r.plan))
