@@ -17,8 +17,8 @@ def test_gpt3_model_flops_match_korthikanti_formula_with_causal_halving():
     # Korthikanti et al. 2022 Sec. 6: 72*l*h^2*(1 + s/(6h) + V/(12*h*l)) FLOPs per token,
     # counting the full score matrix; we count causal attention as half: s/(12h).
     m = model_preset("gpt3-175b")
-    l, h, s, v = m.num_layers, m.hidden_size, m.seq_len, m.vocab_size
-    expected = 72 * l * h**2 * (1 + s / (12 * h) + v / (12 * h * l))
+    layers, h, s, v = m.num_layers, m.hidden_size, m.seq_len, m.vocab_size
+    expected = 72 * layers * h**2 * (1 + s / (12 * h) + v / (12 * h * layers))
     assert model_flops_per_token(m) == pytest.approx(expected, rel=1e-12)
 
 
@@ -26,9 +26,11 @@ def test_llama_model_flops_match_dgxc_formula_with_causal_halving():
     # dgxc-benchmarking: 12*l*h^2*(1 + G/H + s/h) + 18*l*F*h + 6*V*h per token (full
     # attention); halving the causal score term gives s/(2h).
     m = model_preset("llama3-70b")
-    l, h, s, v, f = m.num_layers, m.hidden_size, m.seq_len, m.vocab_size, m.ffn_hidden_size
+    layers, h, s, v = m.num_layers, m.hidden_size, m.seq_len, m.vocab_size
+    f = m.ffn_hidden_size
     g, heads = m.num_kv_heads, m.num_heads
-    expected = 12 * l * h**2 * (1 + g / heads + s / (2 * h)) + 18 * l * f * h + 6 * v * h
+    expected = (12 * layers * h**2 * (1 + g / heads + s / (2 * h)) + 18 * layers * f * h
+                + 6 * v * h)
     assert model_flops_per_token(m) == pytest.approx(expected, rel=1e-12)
 
 
