@@ -1,0 +1,66 @@
+"""Bad input through the real `autotune` command: exit code 2, one line on stderr naming the
+problem, no traceback, and no plan file (not even a partial or temporary one) on failure."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from search_cases import autotune
+
+BAD_REQUESTS = {
+    "unknown preset": (["--model", "llama9-1t"], "unknown model 'llama9-1t'"),
+    "malformed model JSON": (["--model", "{bad_json}"], "not valid JSON"),
+    "model JSON missing fields": (["--model", "{partial_json}"], "num_layers"),
+    "no factorization of 7 GPUs": (["--model", "llama3-8b", "--gpus", "7", "--tp", "4"],
+                                   "no tensor-parallel degree divides 7 GPUs"),
+    "no layout under the pins": (["--model", "gpt3-175b", "--gpus", "7", "--pp", "2"],
+                                 "no (tp, pp, cp, ep) layout fits 7 GPUs"),
+    "contradictory cp pins": (["--no-cp", "--cp", "2"], "--no-cp contradicts --cp"),
+    "model fits no plan": (["--model", "1t", "--gpus", "8"], "no plan of dense-1t fits 8"),
+    "zero GPUs": (["--gpus", "0"], "--gpus 0 must be >= 1"),
+    "unknown flag": (["--bogus"], "unrecognized arguments: --bogus"),
+    "bad sampler": (["--sampler", "grid"], "--sampler 'grid' is not one of"),
+    "zero trials": (["--model", "llama3-8b", "--gpus", "8", "--trials", "0"],
+                    "--trials 0 must be >= 1"),
+    "storage not a URL": (["--storage", "nowhere"], "is not a storage URL"),
+    "journal in a missing folder": (["--storage", "journal:/nonexistent/dir/s.log"],
+                                    "cannot open the journal file"),
+    "bad stale threshold": (["--model", "llama3-8b", "--gpus", "8", "--storage", "{journal}"],
+                            "PARTUNE_STALE_TRIAL_S"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_REQUESTS))
+def test_bad_request_is_one_line_exit_2_and_no_plan_file(tmp_path, case):
+    args, words = BAD_REQUESTS[case]
+    (tmp_path / "bad.json").write_text('{"name": "x", "num_layers": ')
+    (tmp_path / "partial.json").write_text(json.dumps({"name": "x", "hidden_size": 64}))
+    fill = {"{bad_json}": str(tmp_path / "bad.json"),
+            "{partial_json}": str(tmp_path / "partial.json"),
+            "{journal}": f"journal:{tmp_path / 's.log'}"}
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    env = {"PARTUNE_STALE_TRIAL_S": "soon"} if case == "bad stale threshold" else None
+    result = autotune(*[fill.get(a, a) for a in args], "--out", str(out_dir / "plan.json"),
+                      env=env)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("autotune: error: ") and words in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert list(out_dir.iterdir()) == []  # no plan, no temporary file
+
+
+def test_good_request_writes_the_plan_file_it_prints(tmp_path):
+    out = tmp_path / "plan.json"
+    quiet = autotune("--model", "llama3-8b", "--gpus", "64", "--quiet", "--out", str(out))
+    assert quiet.returncode == 0 and quiet.stderr == ""
+    doc = json.loads(out.read_text())
+    assert [p.name for p in tmp_path.iterdir()] == ["plan.json"]
+    printed = autotune("--model", "llama3-8b", "--gpus", "64", "--format", "json",
+                       "--no-alternatives")
+    assert json.loads(printed.stdout)["plan"] == doc["plan"]
+    plan = doc["plan"]
+    name = (f"tp{plan['tp']}.pp{plan['pp']}.vpp{plan['vpp']}.dp{plan['dp']}.cp{plan['cp']}"
+            f".ep{plan['ep']}.mb{plan['micro_batch_size']}")
+    assert quiet.stdout.strip() == name
