@@ -52,6 +52,9 @@ def build_parser(prog: str = "autotune") -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--storage", help="shared Optuna storage: journal:PATH or sqlite:///db")
     s.add_argument("--study-name", default="autotune")
+    s.add_argument("--stale-after", type=float, default=None,
+                   help="seconds after which a RUNNING trial of a shared study counts as lost "
+                        "with its worker and is re-run (default 120)")
     o = p.add_argument_group("output")
     o.add_argument("--top-k", type=int, default=5)
     o.add_argument("--out", help="write the plan JSON here")
@@ -143,11 +146,15 @@ def build_request(args: argparse.Namespace) -> Request:
 
 def search(req: Request, args: argparse.Namespace) -> tuple[list[Ranked], dict[str, str]]:
     study = open_study(args.storage, args.study_name, make_sampler(args.sampler, args.seed))
-    recover_stale_trials(study)
+    if args.trials is not None and args.trials < 1:
+        raise SpecError(f"--trials {args.trials} must be >= 1")
+    if args.stale_after is not None and args.stale_after <= 0:
+        raise SpecError(f"--stale-after {args.stale_after} must be > 0 seconds")
+    recover_stale_trials(study, args.stale_after)
     progress = (not args.quiet and sys.stderr.isatty()
                 and len(layouts(req.space)) >= PROGRESS_MIN_LAYOUTS)
     run_study(study, req.space, headroom=args.memory_headroom, n_trials=args.trials,
-              progress=progress)
+              progress=progress, stale_after_s=args.stale_after)
     return collect(study)
 
 

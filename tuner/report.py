@@ -78,8 +78,11 @@ def best_block(best: Ranked, cluster: ClusterSpec, seq_len: int, batch_note: str
 def runners_up(ranked: list[Ranked], top_k: int) -> str:
     """The best plan of each of the next layouts, with the term that makes it lose."""
     best = ranked[0]
+    others = best_per_layout(ranked)[1:top_k]
+    if not others:
+        return "Next best layouts: none; every other layout is infeasible or outside the space."
     lines = ["Next best layouts:"]
-    for r in best_per_layout(ranked)[1:top_k]:
+    for r in others:
         lines.append(f"  MFU {100 * r.mfu:5.1f}%  step {r.step_time_s:6.2f}s  {r.plan.name} "
                      f"gbs {r.plan.global_batch_size} {r.plan.recompute} zero{r.plan.zero} "
                      f"sp{int(r.plan.sequence_parallel)} {r.plan.order}: {why_loses(r, best)}")

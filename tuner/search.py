@@ -216,7 +216,8 @@ def claim_study(study: optuna.Study, space: Space, headroom: float) -> None:
                         f"give this search of {describe(space)} its own --study-name")
 
 
-def await_other_workers(study: optuna.Study, objective, progress: bool) -> None:
+def await_other_workers(study: optuna.Study, objective, progress: bool,
+                        stale_after_s: float | None = None) -> None:
     """Brute force stops a worker once every layout is finished or RUNNING in another worker.
 
     Wait for those trials so this worker's answer covers every layout; a trial RUNNING longer
@@ -225,7 +226,7 @@ def await_other_workers(study: optuna.Study, objective, progress: bool) -> None:
     running = (optuna.trial.TrialState.RUNNING,)
     for _ in range(3):
         while study.get_trials(deepcopy=False, states=running):
-            if recover_stale_trials(study):
+            if recover_stale_trials(study, stale_after_s):
                 break
             time.sleep(WAIT_POLL_S)
         else:
@@ -234,7 +235,8 @@ def await_other_workers(study: optuna.Study, objective, progress: bool) -> None:
 
 
 def run_study(study: optuna.Study, space: Space, *, headroom: float, n_trials: int | None,
-              timeout_s: float | None = None, progress: bool = False) -> None:
+              timeout_s: float | None = None, progress: bool = False,
+              stale_after_s: float | None = None) -> None:
     """Optimize until the sampler has seen every layout (brute force) or n_trials ran."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if n_trials is not None and n_trials < 1:
@@ -254,7 +256,7 @@ def run_study(study: optuna.Study, space: Space, *, headroom: float, n_trials: i
     study.optimize(objective, n_trials=n_trials, timeout=timeout_s,
                    show_progress_bar=progress, gc_after_trial=False)
     if brute and n_trials is None and timeout_s is None:
-        await_other_workers(study, objective, progress)
+        await_other_workers(study, objective, progress, stale_after_s)
 
 
 def best_per_layout(ranked: list[Ranked]) -> list[Ranked]:
