@@ -27,6 +27,7 @@ from cost_models.comm_terms import (
 from cost_models.compute import layer_times, logits_time_s, selective_recompute_s
 from cost_models.flops import model_flops_per_token
 from cost_models.memory import OPTIMIZER_BYTES, memory_breakdown, stage_param_counts
+from cost_models.pipeline import stage_layers
 from cost_models.placement import group_ranks_per_node
 from cost_models.plan_arrays import PRECISION_CODES, PlanArrays, from_plans
 from cost_models.specs import ClusterSpec, Estimate, ModelSpec, Plan
@@ -57,7 +58,7 @@ class BatchEstimate:
 
 def _per_microbatch(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays, k: dict):
     """Seconds per micro-batch on the slowest (last) stage, by term."""
-    layers = model.num_layers / plans.pp
+    layers = stage_layers(model.num_layers, plans.pp)
     terms = {name: 0.0 for name in ("compute", "recompute", "tp_comm", "cp_comm", "ep_comm")}
     for moe, count in ((False, model.num_dense_layers), (True, model.num_moe_layers)):
         if count == 0:

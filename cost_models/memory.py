@@ -17,6 +17,7 @@ from cost_models.params import (
     expert_params,
     mlp_matrices,
 )
+from cost_models.pipeline import stage_layers
 from cost_models.plan_arrays import PlanArrays
 from cost_models.specs import ModelSpec
 
@@ -44,7 +45,7 @@ def model_state_bytes_per_param(zero, shard) -> tuple[np.ndarray, np.ndarray, np
 
 def stage_param_counts(model: ModelSpec, plans: PlanArrays) -> tuple[np.ndarray, np.ndarray]:
     """(dense, expert) parameters on one GPU of the first stage (embedding included)."""
-    layers = model.num_layers / plans.pp
+    layers = stage_layers(model.num_layers, plans.pp)
     moe_share = model.num_moe_layers / model.num_layers
     per_layer = attention_params(model) + 2 * model.hidden_size
     dense = layers * (per_layer + (1 - moe_share) * dense_mlp_params(model)) / plans.tp
@@ -109,14 +110,14 @@ def score_bytes_per_token(model: ModelSpec, plans: PlanArrays) -> np.ndarray:
 def inflight_layers(model: ModelSpec, plans: PlanArrays) -> np.ndarray:
     """Layers' worth of micro-batch activations the first stage holds at its peak.
 
-    1F1B keeps min(pp, m) micro-batches of L/pp layers. Interleaved 1F1B (Megatron-LM
-    schedules.py warm-up) keeps 2(pp-1) + (vpp-1)pp + 1 chunks of L/(pp*vpp) layers.
+    1F1B keeps min(pp, m) micro-batches of a stage's layers. Interleaved 1F1B (Megatron-LM
+    schedules.py warm-up) keeps 2(pp-1) + (vpp-1)pp + 1 chunks of 1/vpp of them.
     """
     m = plans.num_microbatches
     chunks = np.where(plans.vpp > 1, 2 * (plans.pp - 1) + (plans.vpp - 1) * plans.pp + 1,
                       plans.pp)
     chunks = np.minimum(chunks, m * plans.vpp)
-    return chunks * model.num_layers / (plans.pp * plans.vpp)
+    return chunks * stage_layers(model.num_layers, plans.pp) / plans.vpp
 
 
 def activation_bytes(model: ModelSpec, plans: PlanArrays) -> np.ndarray:

@@ -19,6 +19,7 @@ Standard library only: megatron-core needs torch, which tuner/ must not import.
 
 from __future__ import annotations
 
+from cost_models.pipeline import pipeline_split
 from cost_models.specs import Mlp, ModelSpec, Plan, Precision, Recompute, SpecError
 
 # Megatron-LM can lay ranks out in two orders only (innermost first): its default, and the one
@@ -49,9 +50,12 @@ def check_megatron(model: ModelSpec, plan: Plan) -> None:
     _require(model.num_kv_heads % plan.tp == 0,
              f"{where} num_kv_heads={model.num_kv_heads} (query groups) is not divisible by "
              f"tp={plan.tp}; use a tp that divides {model.num_kv_heads}")
-    _require(model.num_layers % (plan.pp * plan.vpp) == 0,
+    _require(plan.vpp == 1 or model.num_layers % (plan.pp * plan.vpp) == 0,
              f"{where} num_layers={model.num_layers} is not divisible by pp*vpp="
-             f"{plan.pp}*{plan.vpp}")
+             f"{plan.pp}*{plan.vpp} (interleaving needs equal stages)")
+    _require(pipeline_split(model.num_layers, plan.pp) is not None,
+             f"{where} num_layers={model.num_layers} cannot be split over pp={plan.pp} "
+             "stages (uneven splits keep the middle stages equal)")
     _require(plan.cp == 1 or model.seq_len % (2 * plan.cp) == 0,
              f"{where} seq_len={model.seq_len} must be a multiple of 2*cp={2 * plan.cp}")
     _require(model.mlp in _ACTIVATIONS,
@@ -90,12 +94,25 @@ def moe_layer_pattern(model: ModelSpec) -> str:
     return "[" + ",".join(str(flag) for flag in flags) + "]"
 
 
+def uneven_stage_layers(model: ModelSpec, plan: Plan) -> tuple[int | None, int | None]:
+    """Layers of the first and last stage when pp does not divide the layers, else None."""
+    if plan.pp == 1 or model.num_layers % plan.pp == 0:
+        return None, None
+    split = pipeline_split(model.num_layers, plan.pp)
+    assert split is not None  # check_megatron refused the plan otherwise
+    return split[0], split[2]
+
+
 def _parallel_args(model: ModelSpec, plan: Plan) -> list[str]:
     args = ["--tensor-model-parallel-size", str(plan.tp),
             "--pipeline-model-parallel-size", str(plan.pp)]
     if plan.vpp > 1:
         per_stage = model.num_layers // (plan.pp * plan.vpp)
         args += ["--num-layers-per-virtual-pipeline-stage", str(per_stage)]
+    first, last = uneven_stage_layers(model, plan)
+    if first is not None:
+        args += ["--decoder-first-pipeline-num-layers", str(first),
+                 "--decoder-last-pipeline-num-layers", str(last)]
     args += ["--context-parallel-size", str(plan.cp),
              "--expert-model-parallel-size", str(plan.ep)]
     if model.is_moe:
@@ -194,6 +211,10 @@ def megatron_transformer_config_kwargs(model: ModelSpec, plan: Plan) -> dict[str
         "fp8": "hybrid" if plan.precision == Precision.FP8 else None,
         "params_dtype": _DTYPES[plan.precision], "pipeline_dtype": _DTYPES[plan.precision],
     }
+    first, last = uneven_stage_layers(model, plan)
+    if first is not None:
+        kwargs |= {"num_layers_in_first_pipeline_stage": first,
+                   "num_layers_in_last_pipeline_stage": last}
     kwargs.update(_recompute_kwargs(plan))
     kwargs.update(_moe_kwargs(model))
     return kwargs

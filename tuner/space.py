@@ -7,7 +7,9 @@ placement) as columns of numpy arrays, so the cost model scores them all in one 
 
 Constraints (Megatron-Core's, plus the ones it lets through silently):
 - heads and KV heads divisible by tp; tp within one node (NVLink domain);
-- layers divisible by pp*vpp; interleaving needs pp > 1 and micro-batches divisible by pp;
+- pp stages hold equal layers, or uneven ones with the rest on the first and last stage
+  (cost_models.pipeline); interleaving needs layers divisible by pp*vpp, pp > 1 and
+  micro-batches divisible by pp;
 - cp > 1 only for sequences of at least CP_MIN_SEQ_LEN tokens, seq_len divisible by 2*cp
   (load-balanced causal chunks);
 - ep only for MoE models: ep divides the experts and tp*cp*dp (expert grid, expert-TP 1);
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cost_models.pipeline import pipeline_split
 from cost_models.plan_arrays import ORDERS, PRECISION_CODES, RECOMPUTE_CODES, PlanArrays
 from cost_models.specs import ClusterSpec, ModelSpec, Precision, Recompute, SpecError
 
@@ -89,7 +92,8 @@ def tp_choices(space: Space) -> list[int]:
 
 
 def pp_choices(space: Space, tp: int) -> list[int]:
-    valid = [p for p in divisors(space.num_gpus // tp) if space.model.num_layers % p == 0
+    valid = [p for p in divisors(space.num_gpus // tp)
+             if pipeline_split(space.model.num_layers, p) is not None
              and vpp_choices(space, p) and zero_choices(space, p)]
     return _allowed(valid, space.knobs.pp, space.knobs.max_pp)
 
@@ -133,8 +137,9 @@ def global_batch_choices(lo: int, hi: int, dp: int) -> list[int]:
 def vpp_choices(space: Space, pp: int) -> list[int]:
     if pp == 1:
         return _allowed([1], space.knobs.vpp)  # a --vpp pin without 1 excludes pp 1
-    per_stage = space.model.num_layers // pp
-    valid = [v for v in divisors(per_stage)]
+    if space.model.num_layers % pp:
+        return _allowed([1], space.knobs.vpp)  # uneven stages: no interleaving
+    valid = divisors(space.model.num_layers // pp)
     return _allowed(valid, space.knobs.vpp)
 
 

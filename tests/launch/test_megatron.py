@@ -32,6 +32,7 @@ with warnings.catch_warnings():
 MEGATRON_LM_FLAGS = {
     "--tensor-model-parallel-size": int, "--pipeline-model-parallel-size": int,
     "--num-layers-per-virtual-pipeline-stage": int, "--context-parallel-size": int,
+    "--decoder-first-pipeline-num-layers": int, "--decoder-last-pipeline-num-layers": int,
     "--expert-model-parallel-size": int, "--expert-tensor-parallel-size": int,
     "--sequence-parallel": None, "--use-tp-pp-dp-mapping": None,
     "--micro-batch-size": int, "--global-batch-size": int,
@@ -90,6 +91,8 @@ ACCEPTED = {
     "qwen3-moe-ep": (QWEN3, Plan(tp=4, pp=2, dp=32, ep=32, micro_batch_size=1,
                                  global_batch_size=1024, sequence_parallel=True, zero=1)),
     "tiny-moe-shared": (TINY_MOE, Plan(tp=1, pp=2, vpp=2, dp=2, ep=2, global_batch_size=8)),
+    "llama-uneven-pp3": (LLAMA, Plan(tp=8, pp=3, dp=2, global_batch_size=16,
+                                     sequence_parallel=True, zero=1)),
 }
 
 
@@ -134,6 +137,10 @@ def test_arguments_are_megatron_lm_flags_with_the_same_values(case):
     assert parsed.untie_embeddings_and_output_weights == (not model.tied_embeddings)
     assert parsed.recompute_granularity == kwargs.get("recompute_granularity")
     assert parsed.use_tp_pp_dp_mapping == (plan.order == "tp-cp-pp-dp")
+    assert parsed.decoder_first_pipeline_num_layers == kwargs.get(
+        "num_layers_in_first_pipeline_stage")
+    assert parsed.decoder_last_pipeline_num_layers == kwargs.get(
+        "num_layers_in_last_pipeline_stage")
 
 
 def test_precision_recompute_and_zero_flags():
@@ -173,8 +180,8 @@ def test_moe_layer_pattern_matches_the_model_count():
 REJECTED = {
     "layers % (pp*vpp)": (GPT3, Plan(tp=8, pp=8, vpp=5, dp=1, global_batch_size=8),
                           "num_layers=96 is not divisible by pp*vpp=8*5"),
-    "layers % pp": (LLAMA, Plan(pp=3, dp=1, global_batch_size=8),
-                    "num_layers=80 is not divisible by pp*vpp=3*1"),
+    "layers over pp": (LLAMA, Plan(pp=79, dp=1, global_batch_size=8),
+                       "num_layers=80 cannot be split over pp=79 stages"),
     "query groups % tp": (QWEN3, Plan(tp=8, dp=1, global_batch_size=8),
                           "num_kv_heads=4 (query groups) is not divisible by tp=8"),
     "experts % ep": (QWEN3, Plan(tp=2, dp=12, ep=12, global_batch_size=24),
@@ -230,3 +237,16 @@ def test_plan_itself_rejects_vpp_without_pp_and_a_ragged_global_batch():
         Plan(vpp=2, global_batch_size=8)
     with pytest.raises(SpecError, match="not divisible by micro_batch_size\\*dp=6"):
         Plan(dp=3, micro_batch_size=2, global_batch_size=8)
+
+
+def test_uneven_pipeline_split_names_first_and_last_stage():
+    plan = Plan(pp=3, dp=1, global_batch_size=8)
+    args = megatron_args(LLAMA, plan)
+    first = args[args.index("--decoder-first-pipeline-num-layers") + 1]
+    last = args[args.index("--decoder-last-pipeline-num-layers") + 1]
+    assert (int(first), int(last)) == (26, 27)  # middle stage 27: 26 + 27 + 27 = 80
+    kwargs = megatron_transformer_config_kwargs(LLAMA, plan)
+    assert kwargs["num_layers_in_first_pipeline_stage"] == 26
+    assert kwargs["num_layers_in_last_pipeline_stage"] == 27
+    config = transformer_config(LLAMA, plan)  # megatron-core accepts the split
+    assert config.num_layers_in_first_pipeline_stage == 26

@@ -99,12 +99,12 @@ def test_provenance_records_the_profile_hash(tmp_path):
 
 
 def test_a_plan_megatron_cannot_run_keeps_the_reason():
-    plan = Plan(tp=2, pp=3, dp=1, global_batch_size=8)  # 80 layers do not split in 3 stages
+    plan = Plan(tp=2, pp=79, dp=1, global_batch_size=8)  # 80 layers do not split in 79 stages
     doc = document(LLAMA, plan)
     assert doc["launch"]["megatron_args"] is None
-    assert "num_layers=80 is not divisible by pp*vpp=3*1" in doc["launch"]["unsupported"][
+    assert "num_layers=80 cannot be split over pp=79" in doc["launch"]["unsupported"][
         "megatron"]
-    assert doc["launch"]["deepspeed_config"]["pipeline"]["stages"] == 3
+    assert doc["launch"]["deepspeed_config"]["pipeline"]["stages"] == 79
 
 
 def test_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path, monkeypatch):

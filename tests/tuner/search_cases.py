@@ -63,13 +63,26 @@ def _pinned(value: int, pins: tuple[int, ...] | None, cap: int | None = None) ->
     return (pins is None or value in pins) and (cap is None or value <= cap)
 
 
+def splits_over(layers: int, pp: int) -> bool:
+    """Megatron-LM's uneven split: equal middle stages of ceil(L/pp), the rest shared by the
+    first and last stage, each holding 1..ceil(L/pp) layers (written independently here)."""
+    if pp > layers:
+        return False
+    if layers % pp == 0 or pp <= 2:
+        return True
+    middle = -(-layers // pp)
+    rest = layers - (pp - 2) * middle
+    return 1 <= rest // 2 and rest - rest // 2 <= middle
+
+
 def _degrees(space: Space):
     """(tp, pp, cp, ep, dp) by plain loops over 1..num_gpus."""
     m, k, n = space.model, space.knobs, space.num_gpus
     seq = m.seq_len
     for tp, pp, cp in itertools.product(range(1, space.cluster.gpus_per_node + 1),
                                         range(1, m.num_layers + 1), range(1, n + 1)):
-        if n % (tp * pp * cp) or m.num_heads % tp or m.num_kv_heads % tp or m.num_layers % pp:
+        if (n % (tp * pp * cp) or m.num_heads % tp or m.num_kv_heads % tp
+                or not splits_over(m.num_layers, pp)):
             continue
         if cp > 1 and (seq < CP_MIN_SEQ_LEN or seq % (2 * cp) or seq // cp < 2048):
             continue
@@ -88,8 +101,9 @@ def every_plan(space: Space) -> list[Plan]:
     plans = []
     for tp, pp, cp, ep, dp in _degrees(space):
         per_stage = space.model.num_layers // pp
+        even = space.model.num_layers % pp == 0
         vpps = [v for v in range(1, per_stage + 1) if per_stage % v == 0 and (v == 1 or pp > 1)
-                and _pinned(v, k.vpp)]
+                and (v == 1 or even) and _pinned(v, k.vpp)]
         gbss = [g for g in range(lo, hi + 1) if g % dp == 0]
         assert len(gbss) <= 12, "range too wide: the space would thin it (MAX_GBS_CHOICES)"
         for vpp, gbs, mbs, sp, rec, zero, order in itertools.product(
