@@ -145,7 +145,8 @@ def build_request(args: argparse.Namespace) -> Request:
 
 
 def search(req: Request, args: argparse.Namespace) -> tuple[list[Ranked], dict[str, str]]:
-    study = open_study(args.storage, args.study_name, make_sampler(args.sampler, args.seed))
+    sampler = make_sampler(args.sampler, args.seed, shared=args.storage is not None)
+    study = open_study(args.storage, args.study_name, sampler)
     if args.trials is not None and args.trials < 1:
         raise SpecError(f"--trials {args.trials} must be >= 1")
     if args.stale_after is not None and args.stale_after <= 0:

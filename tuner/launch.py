@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shlex
 import shutil
 import subprocess
@@ -30,6 +29,7 @@ from pathlib import Path
 from cost_models.atomic import write_json_atomic
 from cost_models.specs import SpecError
 from tuner.plan_io import load_plan, parse_plan
+from tuner.slurm_env import SlurmEnvError, expand_hostlist
 
 FRAMEWORKS = ("megatron", "deepspeed")
 DEFAULT_SCRIPTS = {"megatron": "pretrain_gpt.py", "deepspeed": "train.py"}
@@ -51,20 +51,6 @@ class Allocation:
         return self.nodes * self.gpus_per_node
 
 
-def expand_hostlist(nodelist: str) -> list[str]:
-    """Expand a Slurm hostlist such as "gpu[01-03,07],login1" (zero padding kept)."""
-    hosts: list[str] = []
-    for prefix, ranges, suffix in re.findall(r"([^,\[]+)(?:\[([^\]]*)\])?([^,\[]*)", nodelist):
-        if not ranges:
-            hosts.append(prefix + suffix)
-            continue
-        for part in ranges.split(","):
-            low, _, high = part.partition("-")
-            for number in range(int(low), int(high or low) + 1):
-                hosts.append(f"{prefix}{number:0{len(low)}d}{suffix}")
-    return hosts
-
-
 def first_host(nodelist: str) -> str:
     """The first host of a Slurm nodelist: `scontrol show hostnames` if present, else parsed."""
     scontrol = shutil.which("scontrol")
@@ -74,7 +60,10 @@ def first_host(nodelist: str) -> str:
         names = result.stdout.split()
         if result.returncode == 0 and names:
             return names[0]
-    return expand_hostlist(nodelist)[0]
+    try:
+        return expand_hostlist(nodelist)[0]
+    except SlurmEnvError as exc:
+        raise SpecError(str(exc)) from None
 
 
 def _env_int(env: Mapping[str, str], *names: str) -> int | None:

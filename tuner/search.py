@@ -146,11 +146,14 @@ def make_objective(space: Space, headroom: float) -> Callable[[optuna.Trial], fl
     return objective
 
 
-def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+def make_sampler(name: str, seed: int, shared: bool = False) -> optuna.samplers.BaseSampler:
+    """`shared`: several workers write one study. Brute force over a conditional space can
+    then stop a worker before every layout ran (optuna issue 5780); avoid_premature_stop
+    trades a few duplicate trials for full coverage."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     if name == "brute":
-        return optuna.samplers.BruteForceSampler(seed=seed)
+        return optuna.samplers.BruteForceSampler(seed=seed, avoid_premature_stop=shared)
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=10)
     if name == "random":

@@ -16,8 +16,9 @@ import pytest
 from launch_specs import HERE, LLAMA, QWEN3, TINY, TINY_MOE, document, subprocess_env
 
 from cost_models.specs import Plan
-from tuner.launch import Allocation, allocation_from_env, expand_hostlist, launch_command
+from tuner.launch import Allocation, allocation_from_env, launch_command
 from tuner.plan_io import save_plan
+from tuner.slurm_env import expand_hostlist
 
 LLAMA_8 = Plan(tp=4, pp=2, dp=1, micro_batch_size=1, global_batch_size=16,
                sequence_parallel=True, zero=1)
@@ -144,10 +145,10 @@ def test_malformed_plan_file_is_one_line(tmp_path):
 
 
 def test_hostlist_expansion():
-    assert expand_hostlist("gpu[07-09,12],login1,n[1-2]") == [
+    assert list(expand_hostlist("gpu[07-09,12],login1,n[1-2]")) == [
         "gpu07", "gpu08", "gpu09", "gpu12", "login1", "n1", "n2"]
-    assert expand_hostlist("node001") == ["node001"]
-    assert expand_hostlist("a[098-101]") == ["a098", "a099", "a100", "a101"]
+    assert expand_hostlist("node001") == ("node001",)
+    assert expand_hostlist("a[098-101]") == ("a098", "a099", "a100", "a101")
 
 
 @pytest.mark.skipif(shutil.which("scontrol") is None, reason="needs Slurm's scontrol")
@@ -160,7 +161,7 @@ def test_hostlist_expansion_matches_scontrol(tmp_path, monkeypatch):
         result = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True,
                                 text=True, env={"SLURM_CONF": str(conf), "PATH": "/usr/bin"},
                                 timeout=30, check=True)
-        assert result.stdout.split() == expand_hostlist(nodelist)
+        assert result.stdout.split() == list(expand_hostlist(nodelist))
     monkeypatch.setenv("SLURM_CONF", str(conf))  # first_host runs scontrol with this
     env = {"SLURM_JOB_NUM_NODES": "2", "SLURM_GPUS_ON_NODE": "8",
            "SLURM_JOB_NODELIST": "gpu[12-13]"}

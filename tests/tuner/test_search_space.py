@@ -1,8 +1,9 @@
 """Invariants of the declared search space, for presets, GPU counts and pins drawn at random.
 
 Every candidate the search can score must be a plan Megatron-Core would accept
-(tp*pp*dp*cp == GPUs, heads and KV heads split evenly, layers split over pp*vpp (evenly, or unevenly without interleaving), the
-global batch split evenly over micro-batches and dp, ZeRO-2/3 only without PP, ep dividing the
+(tp*pp*dp*cp == GPUs, heads and KV heads split evenly, layers split over pp*vpp -- evenly,
+or unevenly without interleaving -- the global batch split evenly over micro-batches and dp,
+ZeRO-2/3 only without PP, ep dividing the
 experts and the tp*cp*dp ranks of a stage) and must honour every pin the user gave.
 """
 

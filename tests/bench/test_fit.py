@@ -1,0 +1,102 @@
+"""The fit recovers known tiers from measurements made by the formula itself (plus noise),
+reports bad files instead of crashing, and writes a profile the loaders read back."""
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from bench.records import Collective, Measurement, ResultsWriter, busbw_gbps, make_header
+from cost_models.comm import collective_time_s
+from cost_models.fit import build_profile, skeleton
+from cost_models.loaders import load_cluster, load_cluster_profile
+from cost_models.specs import CollectiveLink, LinkTier
+from tests.bench.conftest import run_module
+
+BASE = load_cluster("dgx-h100")
+TRUTH = replace(skeleton(BASE, 2, "truth"), tiers=(
+    LinkTier(name="intra_node", domain_gpus=2, latency_s=30e-6, bandwidth_bytes_per_s=2e9),
+    LinkTier(name="inter_node", domain_gpus=0, latency_s=200e-6, bandwidth_bytes_per_s=60e6,
+             per_collective=(CollectiveLink(collective="all_to_all", latency_s=400e-6,
+                                            bandwidth_bytes_per_s=30e6),))))
+# (group size, layout, ranks per node, nodes, groups per node, running groups) on 2 x 2 ranks
+LAYOUTS = [(4, "world", 2, 2, 1, 1), (2, "consecutive", 2, 1, 1, 2), (2, "strided", 1, 2, 2, 2)]
+
+
+def synthetic(path, collectives, noise=0.03, seed=0):
+    rng = np.random.default_rng(seed)
+    w = ResultsWriter(path, make_header(command="synthetic", backend="gloo", world_size=4,
+                                        ranks_per_node=2, hosts=["a", "b"]))
+    for c in collectives:
+        for g, layout, k, nodes, gpn, running in LAYOUTS:
+            for size in 2 ** np.arange(10, 25):
+                t = float(collective_time_s(c, size, g, k, TRUTH, groups_per_node=gpn))
+                t *= float(np.exp(rng.normal(0, noise)))
+                us = t * 1e6
+                w.write(Measurement(
+                    collective=c, size_bytes=int(size), count=int(size) // 4, dtype="float32",
+                    group_size=g, layout=layout, num_groups=running, ranks_per_node=k,
+                    nodes=nodes, groups_per_node=gpn, warmup_iters=1, iters=10,
+                    time_us_mean=us, time_us_min=us, time_us_max=us, time_us_p50=us,
+                    time_us_p99=us, algbw_gbps=size / t / 1e9,
+                    busbw_gbps=busbw_gbps(c, size, t, g), wrong=0))
+    w.close()
+
+
+def test_fit_recovers_known_tiers_and_overrides(tmp_path):
+    path = tmp_path / "s.jsonl"
+    synthetic(path, [Collective.ALL_REDUCE, Collective.ALL_GATHER, Collective.ALL_TO_ALL])
+    cluster, fit, _, checked = build_profile([str(path)], BASE, name="fitted",
+                                             every_other_size=True,
+                                             holdout="layout == 'strided'")
+    for got, want in zip(cluster.tiers, TRUTH.tiers):
+        assert got.bandwidth_bytes_per_s == pytest.approx(want.bandwidth_bytes_per_s, rel=0.05)
+        assert got.latency_s == pytest.approx(want.latency_s, rel=0.25)
+    links = {link.collective: link for link in cluster.tiers[1].per_collective}
+    assert set(links) == {"all_to_all"}  # all-gather follows the tier; all-to-all differs
+    assert links["all_to_all"].bandwidth_bytes_per_s == pytest.approx(30e6, rel=0.05)
+    assert fit["held_out"]["max_abs_rel_error"] < 0.15
+    assert cluster.gpus_per_node == 2 and cluster.gpu == BASE.gpu
+    assert checked["held_out"].any()
+
+
+def test_cli_writes_a_profile_the_loaders_read(tmp_path):
+    path = tmp_path / "s.jsonl"
+    synthetic(path, [Collective.ALL_REDUCE])
+    out, png = tmp_path / "c.json", tmp_path / "c.png"
+    done = run_module("cost_models.fit", str(path), "-o", str(out), "--plot", str(png))
+    assert done.returncode == 0, done.stderr
+    profile = load_cluster_profile(out)
+    assert profile.cluster.tiers[1].bandwidth_bytes_per_s == pytest.approx(60e6, rel=0.05)
+    assert profile.fit["tiers"]["inter_node"]["size_range_bytes"] == [1024, 2 ** 24]
+    assert png.stat().st_size > 10_000
+
+
+def test_bad_files_are_reported_not_crashed_on(tmp_path):
+    good, cut, junk = tmp_path / "good.jsonl", tmp_path / "cut.jsonl", tmp_path / "junk.jsonl"
+    synthetic(good, [Collective.ALL_REDUCE])
+    synthetic(cut, [Collective.ALL_REDUCE], seed=1)
+    text = cut.read_text()
+    cut.write_text(text[: len(text) // 2])
+    junk.write_text("this is not a results file\n")
+    out = tmp_path / "c.json"
+    done = run_module("cost_models.fit", str(tmp_path), "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "junk.jsonl:1: not a bench results file" in done.stderr
+    assert "cut.jsonl" in done.stderr and "truncated" in done.stderr
+    assert "Traceback" not in done.stderr
+    json.loads(out.read_text())
+    only_junk = run_module("cost_models.fit", str(junk), "-o", str(tmp_path / "d.json"))
+    assert only_junk.returncode == 2
+    assert only_junk.stderr.startswith("fit: error: no usable measurements")
+    assert not (tmp_path / "d.json").exists()
+
+
+def test_planning_path_does_not_import_torch_or_mpi():
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['mpi4py'] = None; "
+            "import bench.records, cost_models.fit, cost_models.fit_plot")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -1,0 +1,33 @@
+import csv
+
+from tests.bench.conftest import run_module
+
+
+def test_gemm_smoke_writes_the_gemm_curve_columns(tmp_path):
+    gemm, layer = tmp_path / "g.csv", tmp_path / "l.csv"
+    done = run_module("bench.gemm", "--smoke", "-o", str(gemm), "--layer-output", str(layer))
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.DictReader(gemm.open()))
+    assert list(rows[0]) == ["m", "k", "n", "what", "hidden", "tp", "tflops", "time_s"]
+    assert {r["what"] for r in rows} == {"qkv", "proj", "fc1", "fc2"} and len(rows) == 8
+    for r in rows:  # tflops is 2mkn / time (rounded to 3 decimals)
+        flops = 2 * int(r["m"]) * int(r["k"]) * int(r["n"]) / float(r["time_s"]) / 1e12
+        assert abs(flops - float(r["tflops"])) <= 5e-4
+    assert [r["tp"] for r in csv.DictReader(layer.open())] == ["1", "2"]
+
+
+def test_gemm_without_gpu_says_so():
+    done = run_module("bench.gemm", "-o", "/tmp/never.csv")
+    assert done.returncode == 2 and "--smoke" in done.stderr
+
+
+def test_plot_writes_one_png_per_collective(tmp_path, bench_ranks):
+    out = tmp_path / "r.jsonl"
+    done = bench_ranks(2, "all_reduce,all_gather", "-b", "1K", "-e", "4K", "-n", "2", "-w",
+                       "0", "--backend", "gloo", "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    plots = tmp_path / "plots"
+    done = run_module("bench.plot", str(out), "-o", str(plots))
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in plots.iterdir()) == ["busbw_all_gather.png",
+                                                       "busbw_all_reduce.png"]
