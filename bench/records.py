@@ -79,7 +79,8 @@ class Measurement:
     nodes: int  # nodes one group spans
     groups_per_node: int  # most running groups with a member on one node
     warmup_iters: int
-    iters: int
+    iters: int  # timed samples
+    calls_per_iter: int = 1  # back-to-back calls per timed sample (times are per call)
     time_us_mean: float
     time_us_min: float
     time_us_max: float

@@ -62,7 +62,8 @@ def load_frame(paths: list[str]) -> tuple[pd.DataFrame, list[dict], list[str]]:
         frames.append(rows[~bad])
         headers.append(results.header)
     if not frames:
-        raise FitError("no usable measurements in " + ", ".join(paths))
+        why = f": {problems[0]}" + (f" (and {len(problems) - 1} more)" if problems[1:] else "")
+        raise FitError("no usable measurements in " + ", ".join(paths) + why)
     return pd.concat(frames, ignore_index=True), headers, problems
 
 

@@ -14,8 +14,12 @@ def plot_fit(checked: pd.DataFrame, path: str, title: str = "") -> None:
     import matplotlib.pyplot as plt
 
     names = sorted(checked["collective"].unique())
-    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4.2), squeeze=False)
-    for ax, name in zip(axes[0], names):
+    cols = min(3, len(names))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4.2 * rows), squeeze=False)
+    for ax in axes.flat[len(names):]:
+        ax.set_visible(False)
+    for ax, name in zip(axes.flat, names):
         part = checked[checked["collective"] == name]
         for i, (key, rows) in enumerate(part.groupby(["group_size", "layout", "num_groups"])):
             rows = rows.sort_values("size_bytes")
@@ -31,5 +35,5 @@ def plot_fit(checked: pd.DataFrame, path: str, title: str = "") -> None:
         ax.legend(fontsize=7)
     fig.suptitle(f"{title}: measured (dots; hollow = held out) vs fitted model (lines)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=80)
     plt.close(fig)

@@ -12,44 +12,55 @@ from bench.fabric import PREFIX
 from bench.records import read_results
 from cost_models.fit import build_profile
 from cost_models.loaders import load_cluster
-from tests.bench.conftest import REPO, run_module
+from tests.bench.conftest import REPO
 
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(
     os.geteuid() != 0 or subprocess.run(["ip", "netns", "list"], capture_output=True)
     .returncode != 0, reason="needs root and ip netns")]
 RATE_BYTES_PER_S = 1e9 / 8
+# tbf counts Ethernet frames; the most TCP payload a 1514-byte frame carries is 1448 bytes
+# (MSS with timestamps), so 1 Gbit/s of frames is 119.6 MB/s of data any transport can see.
+PAYLOAD_BYTES_PER_S = RATE_BYTES_PER_S * 1448 / 1514
 
 
-def leftover_namespaces() -> list[str]:
+def leftover_namespaces(pid: int | None = None) -> list[str]:
+    """Namespaces of the fabric run by process `pid` (any of ours when None) still there."""
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if line.startswith(PREFIX)]
+    tag = PREFIX if pid is None else f"{PREFIX}{pid % 100000}"
+    return [line.split()[0] for line in out.splitlines()
+            if line.startswith(tag) and (pid is None or line.split()[0][len(tag)] in "sn")]
 
 
 def fabric(*args, timeout=300):
-    return run_module("bench.fabric", *args, timeout=timeout)
+    """Run bench.fabric; returns (CompletedProcess-like, namespaces it left behind)."""
+    proc = subprocess.Popen([sys.executable, "-m", "bench.fabric", *args], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), \
+        leftover_namespaces(proc.pid)
 
 
 def test_shaped_inter_node_bandwidth_is_fitted_within_10_percent(tmp_path):
     out = tmp_path / "fab.jsonl"
-    done = fabric("--nodes", "2", "--ranks-per-node", "2", "--rate", "1gbit", "--",
-                  "all_reduce", "-b", "1M", "-e", "16M", "-f", "2", "-n", "4", "-w", "1",
+    done, left = fabric("--nodes", "2", "--ranks-per-node", "2", "--rate", "1gbit", "--",
+                  "all_reduce", "-b", "2M", "-e", "32M", "-f", "2", "-n", "5", "-w", "1",
                   "-o", str(out))
     assert done.returncode == 0, done.stderr[-2000:]
-    assert leftover_namespaces() == []
+    assert left == []
     res = read_results(out)
     assert res.header["nodes"] == 2 and res.header["ranks_per_node"] == 2
     assert res.header["fabric"]["rate_bits_per_s"] == 1e9
     cluster, fit, _, _ = build_profile([str(out)], load_cluster("dgx-h100"), name="fab")
     node_bw = fit["tiers"]["inter_node"]["node_bandwidth_bytes_per_s"]
-    assert node_bw == pytest.approx(RATE_BYTES_PER_S, rel=0.10)
+    assert node_bw == pytest.approx(PAYLOAD_BYTES_PER_S, rel=0.10)
 
 
 def test_bad_benchmark_arguments_tear_the_fabric_down(tmp_path):
-    done = fabric("--nodes", "2", "--ranks-per-node", "1", "--", "all_reduce", "-g", "3",
-                  "-o", str(tmp_path / "x.jsonl"))
+    done, left = fabric("--nodes", "2", "--ranks-per-node", "1", "--", "all_reduce", "-g",
+                        "3", "-o", str(tmp_path / "x.jsonl"))
     assert done.returncode == 2
     assert "must divide the world size" in done.stderr
-    assert leftover_namespaces() == []
+    assert left == []
 
 
 def test_ctrl_c_tears_the_fabric_down(tmp_path):
@@ -59,18 +70,18 @@ def test_ctrl_c_tears_the_fabric_down(tmp_path):
                              str(tmp_path / "x.jsonl")], cwd=REPO, stderr=subprocess.PIPE,
                             text=True)
     deadline = time.monotonic() + 60
-    while not leftover_namespaces() and time.monotonic() < deadline:
+    while not leftover_namespaces(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.2)
     time.sleep(3)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and "interrupted" in err
-    assert leftover_namespaces() == []
+    assert leftover_namespaces(proc.pid) == []
 
 
 def test_fabric_refuses_mpi_and_bad_rates():
-    assert "gloo backend only" in fabric("--", "all_reduce", "--backend", "mpi").stderr
-    bad = fabric("--rate", "fast", "--", "all_reduce")
+    assert "gloo backend only" in fabric("--", "all_reduce", "--backend", "mpi")[0].stderr
+    bad, _ = fabric("--rate", "fast", "--", "all_reduce")
     assert bad.returncode == 2 and "--rate 'fast'" in bad.stderr
 
 
@@ -84,12 +95,12 @@ def test_user_space_link_adds_the_requested_latency(tmp_path):
     for delay in (0, 2000):
         out = tmp_path / f"d{delay}.jsonl"
         extra = ["--delay-us", str(delay)] if delay else []
-        done = fabric("--nodes", "2", "--ranks-per-node", "1", "--rate", "1gbit", *extra,
-                      "--", "all_reduce", "-b", "1K", "-e", "1M", "-f", "4", "-n", "10",
-                      "-o", str(out))
+        done, left = fabric("--nodes", "2", "--ranks-per-node", "1", "--rate", "1gbit",
+                            *extra, "--", "all_reduce", "-b", "1K", "-e", "1M", "-f", "4",
+                            "-n", "10", "-o", str(out))
         assert done.returncode == 0, done.stderr[-2000:]
+        assert left == []
         _, fit, _, _ = build_profile([str(out)], load_cluster("dgx-h100"), name="d",
                                      statistic="min")
         fitted[delay] = fit["tiers"]["inter_node"]["latency_s"]
     assert fitted[2000] - fitted[0] == pytest.approx(2 * 2000e-6, rel=0.25)
-    assert leftover_namespaces() == []

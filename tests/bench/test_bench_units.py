@@ -63,3 +63,14 @@ def test_launcher_detection_torchrun_srun_mpiexec():
     ompi = detect_launch({"OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_SIZE": "2"})
     assert (ompi.launcher, ompi.rank) == ("mpiexec", 1)
     assert detect_launch({}).launcher == "single"
+
+
+def test_cli_surface_is_pinned():
+    """slurm/bench.sbatch and users call these flags; change them only on purpose."""
+    from bench.__main__ import build_parser
+
+    flags = {s for a in build_parser()._actions for s in a.option_strings}
+    assert flags == {"-h", "--help", "-b", "--minbytes", "-e", "--maxbytes", "-f",
+                     "--stepfactor", "-n", "--iters", "-w", "--warmup-iters", "-d", "--dtype",
+                     "--backend", "-g", "--group-size", "--layout", "--one-group", "--p2p",
+                     "-c", "--check", "-o", "--output", "--resume", "--timeout"}

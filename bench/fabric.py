@@ -1,0 +1,316 @@
+"""Emulated cluster fabric: N nodes as Linux network namespaces, R ranks each.
+
+    python -m bench.fabric --nodes 2 --ranks-per-node 2 --rate 1gbit -- \\
+        all_reduce -b 1K -e 16M -f 4 --backend gloo -o results/bench/fabric.jsonl
+
+Layout: one switch namespace holding a bridge; each node namespace holds `eth0` (a veth whose
+peer is a bridge port), address 10.77.0.<node+1>/24, no default route, so nothing it carries
+can leave the namespaces. Ranks of one node talk over the node's own address (local delivery,
+unshaped: the fast tier); ranks of different nodes cross the bridge, and every link is shaped
+in both directions with tc tbf (the node's NIC, full duplex). Each rank runs in its node's
+namespace with its own UTS namespace whose host name is the node's, so the benchmark groups
+ranks into nodes by host name exactly as on a cluster.
+
+Latency (--delay-us, one way between nodes): netem where the kernel has it (probed at start);
+otherwise a user-space link (bench.fabric_link): each node's eth0 is a TAP device whose frames
+a forwarder process in the switch namespace holds for half the delay on each of the two hops
+(node -> bridge -> node). Rate shaping stays in the kernel (tbf) either way.
+
+Teardown runs in `finally` and on SIGINT/SIGTERM: rank processes are killed and every
+namespace deleted (their veths and bridge go with them). `--cleanup` removes namespaces left
+by a run that was killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+PREFIX = "ptfab"
+SUBNET = "10.77.0"
+EXIT_USAGE = 2
+
+
+class FabricError(RuntimeError):
+    """The fabric cannot be built or a command inside it failed; the message says which."""
+
+
+def parse_rate(text: str) -> float | None:
+    """'1gbit', '500mbit', '2.5gbit' -> bits per second; 'none' -> None (unshaped)."""
+    if text.lower() == "none":
+        return None
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([kmg])bit", text.lower())
+    if not match:
+        raise ValueError(f"--rate {text!r}: use e.g. 1gbit, 500mbit or none")
+    return float(match.group(1)) * {"k": 1e3, "m": 1e6, "g": 1e9}[match.group(2)]
+
+
+def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    if check and done.returncode != 0:
+        raise FabricError(f"`{' '.join(cmd)}` failed: {done.stderr.strip() or done.returncode}")
+    return done
+
+
+def netem_available() -> bool:
+    """Probe: can tc attach netem to a veth in a scratch namespace?"""
+    ns = f"{PREFIX}probe{os.getpid()}"
+    try:
+        sh("ip", "netns", "add", ns)
+        sh("ip", "-n", ns, "link", "add", "p0", "type", "veth", "peer", "name", "p1")
+        return sh("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", "p0", "root",
+                  "netem", "delay", "10us", check=False).returncode == 0
+    finally:
+        sh("ip", "netns", "del", ns, check=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FabricSpec:
+    nodes: int
+    ranks_per_node: int
+    rate_bits_per_s: float | None
+    delay_us: float | None  # one-way, node to node
+    delay_method: str = "none"  # "netem", "user-space link" or "none"
+
+    def describe(self) -> dict:
+        link = "TAP devices joined by bench.fabric_link" if self.user_link else "veth pairs"
+        return {"nodes": self.nodes, "ranks_per_node": self.ranks_per_node,
+                "rate_bits_per_s": self.rate_bits_per_s, "delay_us": self.delay_us,
+                "delay_method": self.delay_method,
+                "link": f"{link} to one bridge, tc tbf on both directions of each link"}
+
+    @property
+    def user_link(self) -> bool:
+        return self.delay_method == "user-space link"
+
+
+class Fabric:
+    """Context manager: builds the namespaces on enter, removes everything on exit."""
+
+    def __init__(self, spec: FabricSpec) -> None:
+        self.spec = spec
+        self.tag = f"{PREFIX}{os.getpid() % 100000}"
+        self.switch = f"{self.tag}sw"
+        self.namespaces: list[str] = []
+        self.forwarder: subprocess.Popen | None = None
+
+    def node_ns(self, i: int) -> str:
+        return f"{self.tag}n{i}"
+
+    def address(self, i: int) -> str:
+        return f"{SUBNET}.{i + 1}"
+
+    def __enter__(self) -> Fabric:
+        try:
+            self._add_ns(self.switch)
+            sh("ip", "-n", self.switch, "link", "add", "br0", "type", "bridge")
+            sh("ip", "-n", self.switch, "link", "set", "br0", "up")
+            if self.spec.user_link:
+                self._start_forwarder()
+            for i in range(self.spec.nodes):
+                self._add_node(i)
+        except BaseException:
+            self.teardown()
+            raise
+        return self
+
+    def _add_ns(self, ns: str) -> None:
+        sh("ip", "netns", "add", ns)
+        self.namespaces.append(ns)
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+
+    def _add_node(self, i: int) -> None:
+        ns, port = self.node_ns(i), f"port{i}"
+        self._add_ns(ns)
+        if self.spec.user_link:  # the forwarder made tap<i> and port<i> in the switch
+            sh("ip", "-n", self.switch, "link", "set", f"tap{i}", "netns", ns)
+            sh("ip", "-n", ns, "link", "set", f"tap{i}", "name", "eth0")
+        else:
+            sh("ip", "-n", self.switch, "link", "add", port, "type", "veth", "peer", "name",
+               "eth0", "netns", ns)
+        sh("ip", "-n", self.switch, "link", "set", port, "master", "br0", "up")
+        sh("ip", "-n", ns, "addr", "add", f"{self.address(i)}/24", "dev", "eth0")
+        sh("ip", "-n", ns, "link", "set", "eth0", "up")
+        # Datacenter transports (RDMA, NCCL's long-lived sockets) do not restart slow start
+        # after each idle gap between collectives; without this TCP would, and a delayed
+        # link would look slower than its rate for every message.
+        sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.tcp_slow_start_after_idle=0")
+        self._shape(ns, "eth0")
+        self._shape(self.switch, port)
+
+    def _start_forwarder(self) -> None:
+        """bench.fabric_link in the switch namespace: half the delay per hop (2 hops)."""
+        pairs = [f"tap{i}:port{i}" for i in range(self.spec.nodes)]
+        self.forwarder = subprocess.Popen(
+            ["ip", "netns", "exec", self.switch, sys.executable, "-m", "bench.fabric_link",
+             "--delay-us", f"{self.spec.delay_us / 2:g}", *pairs],
+            stdout=subprocess.PIPE, text=True, start_new_session=True)
+        line = self.forwarder.stdout.readline()
+        if line.strip() != "ready":
+            raise FabricError("the user-space link (bench.fabric_link) did not start")
+
+    def _shape(self, ns: str, dev: str) -> None:
+        rate = self.spec.rate_bits_per_s
+        delay = self.spec.delay_us if self.spec.delay_method == "netem" else None
+        tc = ("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev)
+        if delay:
+            sh(*tc, "root", "handle", "1:", "netem", "delay", f"{delay / 2:g}us",
+               "limit", "100000")
+        if rate:
+            # A small bucket (1 ms of traffic, still above a 64 KiB TSO frame at 1 Gbit/s):
+            # a big one lets the first part of every message through at host speed, making
+            # mid-size messages look faster than the link. A deep queue (limit) so bulk TCP
+            # is paced, not dropped.
+            burst = max(int(rate / 8 * 1e-3), 16 * 1024)
+            parent = ("parent", "1:") if delay else ("root",)
+            sh(*tc, *parent, "tbf", "rate", f"{int(rate)}bit", "burst", str(burst),
+               "limit", str(8 * burst + 4 * 1024 * 1024))
+
+    def rank_command(self, node: int, argv: list[str]) -> list[str]:
+        """Run argv in node's namespace with the node's own host name."""
+        return ["ip", "netns", "exec", self.node_ns(node), "unshare", "--uts", "sh", "-c",
+                f'hostname node{node} && exec "$@"', "sh", *argv]
+
+    def teardown(self) -> None:
+        if self.forwarder is not None and self.forwarder.poll() is None:
+            os.killpg(self.forwarder.pid, signal.SIGTERM)
+            try:
+                self.forwarder.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.forwarder.pid, signal.SIGKILL)
+        for ns in reversed(self.namespaces):
+            sh("ip", "netns", "del", ns, check=False)
+        self.namespaces.clear()
+
+    def __exit__(self, *exc) -> None:
+        self.teardown()
+
+
+_PONG = ("import socket;s=socket.create_server(('{addr}',29400));c=s.accept()[0];"
+         "c.setsockopt(6,1,1)\nwhile (d:=c.recv(64)): c.sendall(d)")
+_PING = ("import socket,time;c=socket.create_connection(('{addr}',29400),timeout=10);"
+         "c.setsockopt(6,1,1);t=[]\nfor _ in range(60):\n s=time.perf_counter();"
+         "c.sendall(b'x'*32);c.recv(64);t.append(time.perf_counter()-s)\n"
+         "print(sorted(t)[30]*1e6)")
+
+
+def measure_rtt_us(fabric: Fabric) -> float | None:
+    """Median TCP round trip node 0 -> node 1 (60 x 32 B, TCP_NODELAY): the latency the
+    emulation really adds, recorded with the results (None with a single node)."""
+    if fabric.spec.nodes < 2:
+        return None
+    addr = fabric.address(1)
+    pong = subprocess.Popen(["ip", "netns", "exec", fabric.node_ns(1), sys.executable, "-c",
+                             _PONG.format(addr=addr)])
+    try:
+        for _ in range(50):
+            ping = subprocess.run(["ip", "netns", "exec", fabric.node_ns(0), sys.executable,
+                                   "-c", _PING.format(addr=addr)], capture_output=True,
+                                  text=True, timeout=30)
+            if ping.returncode == 0:
+                return round(float(ping.stdout), 1)
+            time.sleep(0.1)  # the server is not listening yet
+        return None
+    finally:
+        pong.kill()
+        pong.wait()
+
+
+def cleanup_stale() -> list[str]:
+    """Delete namespaces named like ours (left by a run killed with SIGKILL)."""
+    names = [line.split()[0] for line in sh("ip", "netns", "list").stdout.splitlines()
+             if line.startswith(PREFIX)]
+    for ns in names:
+        sh("ip", "netns", "del", ns, check=False)
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.fabric",
+                                description="Run a benchmark on an emulated multi-node fabric")
+    p.add_argument("--nodes", type=int, default=2)
+    p.add_argument("--ranks-per-node", type=int, default=2)
+    p.add_argument("--rate", default="1gbit", help="inter-node link rate (e.g. 1gbit, none)")
+    p.add_argument("--delay-us", type=float, default=None,
+                   help="added one-way latency between nodes in us (netem, or a "
+                        "user-space link where the kernel has no netem)")
+    p.add_argument("--user-link", action="store_true",
+                   help="use the user-space delaying link even where netem exists")
+    p.add_argument("--timeout", type=float, default=3600.0, help="seconds for the whole run")
+    p.add_argument("--cleanup", action="store_true",
+                   help="only delete namespaces left behind by a killed run")
+    p.add_argument("bench_args", nargs=argparse.REMAINDER,
+                   help="-- then `python -m bench` arguments (gloo backend)")
+    return p
+
+
+def check_args(args) -> FabricSpec:
+    if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("tc") is None:
+        raise FabricError("needs root and iproute2 (ip, tc) to create network namespaces")
+    if args.nodes < 1 or args.ranks_per_node < 1 or args.nodes > 200:
+        raise FabricError("--nodes must be 1..200 and --ranks-per-node >= 1")
+    bench_args = args.bench_args[1:] if args.bench_args[:1] == ["--"] else args.bench_args
+    if not bench_args:
+        raise FabricError("give the benchmark arguments after --, e.g. -- all_reduce -b 1K")
+    if "mpi" in bench_args or "nccl" in bench_args:
+        raise FabricError("the emulated fabric runs the gloo backend only (use --backend gloo)")
+    try:
+        rate = parse_rate(args.rate)
+    except ValueError as exc:
+        raise FabricError(str(exc)) from None
+    method = "none"
+    if args.delay_us:
+        method = "netem" if netem_available() and not args.user_link else "user-space link"
+        if method == "user-space link" and not os.path.exists("/dev/net/tun"):
+            raise FabricError("--delay-us needs netem or /dev/net/tun; neither is available")
+    args.bench_args = bench_args
+    return FabricSpec(nodes=args.nodes, ranks_per_node=args.ranks_per_node,
+                      rate_bits_per_s=rate, delay_us=args.delay_us, delay_method=method)
+
+
+def run_on_fabric(spec: FabricSpec, bench_args: list[str], timeout_s: float) -> tuple[int, str]:
+    from bench.launch import rank_env, run_ranks
+
+    world = spec.nodes * spec.ranks_per_node
+    with Fabric(spec) as fabric:
+        described = spec.describe() | {"measured_rtt_us": measure_rtt_us(fabric)}
+        extra = {"GLOO_SOCKET_IFNAME": "eth0", "NCCL_SOCKET_IFNAME": "eth0",
+                 "UCX_TLS": "tcp,self", "PARTUNE_FABRIC": json.dumps(described)}
+        commands, envs = [], []
+        for rank in range(world):
+            node, local = divmod(rank, spec.ranks_per_node)
+            commands.append(fabric.rank_command(node, [sys.executable, "-m", "bench",
+                                                       "--backend", "gloo", *bench_args]))
+            envs.append(rank_env(rank, world, local, spec.ranks_per_node, fabric.address(0),
+                                 29500, extra))
+        return run_ranks(commands, envs, timeout_s)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.cleanup:
+            print(f"removed: {' '.join(cleanup_stale()) or 'nothing'}")
+            return 0
+        spec = check_args(args)
+        code, reason = run_on_fabric(spec, args.bench_args, args.timeout)
+    except FabricError as exc:
+        code, reason = EXIT_USAGE, str(exc)
+    except KeyboardInterrupt:
+        code, reason = EXIT_USAGE, "interrupted; the fabric was torn down"
+    if code:
+        print(f"bench.fabric: error: {reason}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda s, f: (_ for _ in ()).throw(KeyboardInterrupt()))
+    sys.exit(main())

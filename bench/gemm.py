@@ -1,0 +1,176 @@
+"""Compute microbenchmark: bf16 GEMMs at tensor-parallel transformer shapes, and one
+transformer layer forward + backward. Feeds the cost model's compute-efficiency curve
+(cost_models/gemm_curve.py reads the GEMM CSV: columns m,k,n,what,hidden,tp,tflops,time_s).
+
+    python -m bench.gemm -o results/bench/gemm_h100.csv --layer-output results/bench/layer_h100.csv
+    python -m bench.gemm --smoke -o /tmp/gemm.csv     # tiny shapes, runs on a CPU
+
+The four linear layers of a GPT block split by tensor parallelism tp (Shoeybi et al. 2019,
+arXiv:1909.08053 Sec. 3): qkv h -> 3h/tp, proj h/tp -> h, fc1 h -> 4h/tp, fc2 4h/tp -> h,
+each a product C[m,n] = A[m,k] @ B[k,n] with m = tokens. Timing: CUDA events around each
+run, the median of --iters runs after --warmup runs (perf_counter on CPU);
+tflops = 2*m*k*n / time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import os
+import sys
+import tempfile
+import time
+
+EXIT_USAGE = 2
+GEMM_COLUMNS = ("m", "k", "n", "what", "hidden", "tp", "tflops", "time_s")
+LAYER_COLUMNS = ("hidden", "heads", "tp", "tokens", "micro_batch", "fwd_s", "fwd_bwd_s",
+                 "flops", "tflops")
+
+
+def block_gemms(hidden: int, tp: int) -> list[tuple[str, int, int]]:
+    """(what, k, n) of the four linear layers of one GPT block on one TP rank."""
+    return [("qkv", hidden, 3 * hidden // tp), ("proj", hidden // tp, hidden),
+            ("fc1", hidden, 4 * hidden // tp), ("fc2", 4 * hidden // tp, hidden)]
+
+
+def median_time_s(fn, warmup: int, iters: int, device) -> float:
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def gemm_rows(hiddens, tps, tokens, dtype, device, warmup, iters):
+    import torch
+
+    for h, tp, m in itertools.product(hiddens, tps, tokens):
+        for what, k, n in block_gemms(h, tp):
+            a = torch.randn(m, k, dtype=dtype, device=device)
+            b = torch.randn(k, n, dtype=dtype, device=device)
+            t = median_time_s(lambda: torch.matmul(a, b), warmup, iters, device)
+            yield {"m": m, "k": k, "n": n, "what": what, "hidden": h, "tp": tp,
+                   "tflops": round(2 * m * k * n / t / 1e12, 3), "time_s": t}
+
+
+def layer_flops(hidden: int, tp: int, tokens: int, seq: int) -> float:
+    """Forward + backward FLOPs of one GPT layer on one TP rank: 3x forward, forward =
+    24*t*h^2/tp (four GEMMs) + 4*t*seq*h/tp (attention scores and values); Narayanan et al.
+    2021 (arXiv:2104.04473) eq. 3 per layer, without recompute."""
+    return 3 * (24 * tokens * hidden**2 + 4 * tokens * seq * hidden) / tp
+
+
+def layer_row(hidden, heads, tp, seq, micro_batch, dtype, device, warmup, iters) -> dict:
+    """One transformer layer (pre-LN attention + GELU MLP, TP-sharded widths) fwd + bwd."""
+    import torch
+    import torch.nn.functional as F
+
+    h, hh = hidden, heads // tp
+    hd = h // heads
+    w = {name: (torch.randn(*shape, dtype=dtype, device=device) * 0.02).requires_grad_()
+         for name, shape in (("qkv", (h, 3 * hh * hd)), ("proj", (hh * hd, h)),
+                             ("fc1", (h, 4 * h // tp)), ("fc2", (4 * h // tp, h)))}
+    x = torch.randn(micro_batch, seq, h, dtype=dtype, device=device, requires_grad=True)
+
+    def forward():
+        y = F.layer_norm(x, (h,))
+        q, k, v = (y @ w["qkv"]).view(micro_batch, seq, 3, hh, hd).unbind(2)
+        a = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
+                                           v.transpose(1, 2), is_causal=True)
+        z = x + a.transpose(1, 2).reshape(micro_batch, seq, hh * hd) @ w["proj"]
+        return z + F.gelu(F.layer_norm(z, (h,)) @ w["fc1"]) @ w["fc2"]
+
+    def fwd_bwd():
+        forward().sum().backward()
+
+    with torch.no_grad():
+        fwd = median_time_s(forward, warmup, iters, device)
+    both = median_time_s(fwd_bwd, warmup, iters, device)
+    flops = layer_flops(h, tp, micro_batch * seq, seq)
+    return {"hidden": h, "heads": heads, "tp": tp, "tokens": micro_batch * seq,
+            "micro_batch": micro_batch, "fwd_s": fwd, "fwd_bwd_s": both, "flops": flops,
+            "tflops": round(flops / both / 1e12, 3)}
+
+
+def write_csv(path: str, columns, rows) -> int:
+    """Write rows to a temporary file, then os.replace: never a half-written CSV."""
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    count = 0
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            out = csv.DictWriter(f, fieldnames=columns)
+            out.writeheader()
+            for row in rows:
+                out.writerow(row)
+                count += 1
+                print(" ".join(f"{k}={row[k]}" for k in columns), flush=True)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return count
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.gemm", description=__doc__.split("\n")[0])
+    p.add_argument("-o", "--output", required=True, help="GEMM CSV to write")
+    p.add_argument("--layer-output", default=None, help="transformer-layer CSV to write")
+    p.add_argument("--hidden", default="4096,8192,12288,16384,25600")
+    p.add_argument("--tp", default="1,2,4,8")
+    p.add_argument("--tokens", default="2048,4096,8192")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--smoke", action="store_true", help="tiny float32 shapes on the CPU")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        import torch
+    except ImportError:
+        print("gemm: error: needs torch (pip install -e '.[bench]')", file=sys.stderr)
+        return EXIT_USAGE
+    if args.smoke:
+        args.hidden, args.tp, args.tokens, args.warmup, args.iters = "256", "1,2", "128", 1, 3
+        device, dtype = torch.device("cpu"), torch.float32
+    elif not torch.cuda.is_available():
+        print("gemm: error: no CUDA GPU here; use --smoke for a CPU check", file=sys.stderr)
+        return EXIT_USAGE
+    else:
+        device, dtype = torch.device("cuda"), torch.bfloat16
+    try:
+        hiddens, tps, tokens = (tuple(int(v) for v in s.split(","))
+                                for s in (args.hidden, args.tp, args.tokens))
+    except ValueError:
+        print("gemm: error: --hidden/--tp/--tokens take comma lists of integers",
+              file=sys.stderr)
+        return EXIT_USAGE
+    write_csv(args.output, GEMM_COLUMNS,
+              gemm_rows(hiddens, tps, tokens, dtype, device, args.warmup, args.iters))
+    if args.layer_output:
+        seq = min(tokens)
+        rows = (layer_row(h, max(h // 128, 8), tp, seq, 1, dtype, device, args.warmup,
+                          args.iters) for h in hiddens for tp in tps)
+        write_csv(args.layer_output, LAYER_COLUMNS, rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

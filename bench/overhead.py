@@ -1,0 +1,97 @@
+"""Harness overhead: the suite's time for a collective vs a bare timed loop of the same call.
+
+    torchrun --nproc-per-node 2 -m bench.overhead --backend gloo
+    mpiexec -n 2 python -m bench.overhead --backend mpi
+
+For each size, rounds alternate between (a) the suite's `harness.measure` (barrier before
+each iteration, per-iteration times, max over ranks, mean over iterations) and (b) a bare
+loop: one barrier, `iters` back-to-back calls of the raw API (dist.all_reduce /
+comm.Allreduce) timed as a whole, divided by iters, max over ranks (nccl-tests' method).
+It prints the median over rounds of each and their ratio; rank 0 prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from bench.collectives import element_count, mpi_operation, torch_operation
+from bench.dist import connect
+from bench.harness import measure
+from bench.records import Collective
+from bench.sweep import parse_size
+
+AR = Collective.ALL_REDUCE
+
+
+def bare_loop_s(comm, call, iters: int) -> float:
+    """Slowest rank's mean seconds per call of `iters` back-to-back calls."""
+    call()
+    comm.sync()
+    comm.barrier()
+    start = time.perf_counter()
+    for _ in range(iters):
+        call()
+    comm.sync()
+    mine = (time.perf_counter() - start) / iters
+    return float(comm.reduce_array(np.array([mine]), "max")[0])
+
+
+def operation(comm, count: int):
+    """(suite run callable, raw API call) for an all-reduce over the whole world."""
+    ranks = tuple(range(comm.world_size))
+    if comm.backend == "mpi":
+        sub = comm.split([ranks])
+        run, _ = mpi_operation(AR, count, "float32", comm.rank, sub)
+        buf_in, buf_out = np.ones(count, np.float32), np.zeros(count, np.float32)
+        return run, lambda: sub.Allreduce(buf_in, buf_out)
+    import torch
+    import torch.distributed as dist
+
+    group = comm.group(ranks)
+    run, _ = torch_operation(AR, count, "float32", comm.rank, ranks, group, comm.device)
+    t = torch.zeros(count, device=comm.device)
+    return run, lambda: dist.all_reduce(t, group=group)
+
+
+def compare(comm, size_bytes: int, iters: int, rounds: int) -> tuple[float, float]:
+    count = element_count(AR, size_bytes, "float32", comm.world_size)
+    run, raw = operation(comm, count)
+    suite, bare = [], []
+    for _ in range(rounds):
+        m = measure(comm, collective=AR, run=run, check=None, count=count,
+                    size_bytes=count * 4, dtype="float32", group_size=comm.world_size,
+                    warmup=2, iters=iters, layout="world", num_groups=1,
+                    ranks_per_node=comm.world_size, nodes=1, groups_per_node=1)
+        suite.append(m.time_us_mean)
+        bare.append(bare_loop_s(comm, raw, iters) * 1e6)
+    return statistics.median(suite), statistics.median(bare)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.overhead")
+    p.add_argument("--backend", choices=("gloo", "nccl", "mpi"), default="gloo")
+    p.add_argument("--sizes", default="4K,64K,1M,16M")
+    p.add_argument("--iters", type=int, default=30)
+    p.add_argument("--rounds", type=int, default=9)
+    args = p.parse_args(argv)
+    comm = connect(args.backend, 300.0)
+    if comm.rank == 0:
+        print(f"# all_reduce float32, {comm.world_size} ranks, backend {args.backend}, "
+              f"{args.iters} iterations x {args.rounds} alternating rounds (medians)")
+        print(f"# {'size (B)':>10} {'suite (us)':>12} {'bare (us)':>12} {'suite/bare':>10}")
+    for text in args.sizes.split(","):
+        suite_us, bare_us = compare(comm, parse_size(text), args.iters, args.rounds)
+        if comm.rank == 0:
+            print(f"  {parse_size(text):>10} {suite_us:>12.1f} {bare_us:>12.1f} "
+                  f"{suite_us / bare_us:>10.3f}", flush=True)
+    comm.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
