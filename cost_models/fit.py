@@ -292,7 +292,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pandas expression selecting rows kept out of the fit, "
                         "e.g. \"layout == 'strided'\"")
     p.add_argument("--plot", default=None, help="predicted-vs-measured PNG to write")
+    p.add_argument("--gemm", default=None,
+                   help="GEMM results CSV (python -m bench.gemm): fit the GPU's compute-"
+                        "efficiency curve from it instead of the shipped H100 curve")
     return p
+
+
+def with_measured_gemm(cluster: ClusterSpec, path: str) -> tuple[ClusterSpec, dict]:
+    """The cluster whose GPU carries the GEMM curve fitted to `path` (bf16 products)."""
+    from dataclasses import replace
+
+    from cost_models.gemm_curve import fit_gemm_curve, with_curve
+
+    try:
+        curve, errors = fit_gemm_curve(Path(path), cluster.gpu.peak_bf16_flops)
+    except (KeyError, ValueError) as exc:
+        raise FitError(f"{path}: not a GEMM results CSV with columns m,k,n,time_s ({exc})")
+    gpu = with_curve(cluster.gpu, curve)
+    summary = {"file": str(path), "max_fraction": curve.max_fraction, "k_half": curve.k_half,
+               "overhead_s": curve.overhead_s,
+               "mean_abs_rel_error": float(abs(errors).mean()), "points": len(errors)}
+    return replace(cluster, gpu=gpu), summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -305,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
             args.results, base, name=args.name or Path(args.output).stem,
             statistic=args.statistic, every_other_size=args.holdout_every_other_size,
             holdout=args.holdout)
+        if args.gemm:
+            cluster, fit["gemm_curve"] = with_measured_gemm(cluster, args.gemm)
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         save_cluster(cluster, args.output, provenance=provenance, fit=fit)
         if args.plot:

@@ -45,3 +45,24 @@ def test_a_measured_curve_replaces_the_default():
     fast_t = estimate(model, cluster, plan).breakdown_s["compute"]
     slow_t = estimate(model, replace(cluster, gpu=gpu), plan).breakdown_s["compute"]
     assert slow_t > 1.5 * fast_t
+
+
+def test_fit_puts_a_measured_gemm_curve_into_the_profile(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from cost_models.loaders import load_cluster
+
+    root = Path(__file__).resolve().parents[2]
+    gemm = tmp_path / "gemm.csv"
+    rows = (root / "cost_models/data/h100_sxm_bf16_gemm.csv").read_text().splitlines()
+    slow = [rows[0]] + [",".join(r.split(",")[:-1] + [str(2 * float(r.split(",")[-1]))])
+                        for r in rows[1:]]  # every product twice as slow
+    gemm.write_text("\n".join(slow) + "\n")
+    out = tmp_path / "profile.json"
+    subprocess.run([sys.executable, "-m", "cost_models.fit",
+                    str(root / "results/bench/fabric_2x2_1gbit.jsonl"), "-o", str(out),
+                    "--gemm", str(gemm)], check=True, capture_output=True)
+    curve = curve_for(load_cluster(str(out)).gpu)
+    assert curve.max_fraction == pytest.approx(H100_BF16_CURVE.max_fraction / 2, rel=0.02)
