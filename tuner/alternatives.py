@@ -49,3 +49,27 @@ def faster_gpu_counts(space: Space, headroom: float, tokens_budget: float,
             out.append(Alternative(num_gpus=count, best=best, days=days,
                                    gpu_hours=days * 24 * count))
     return sorted(out, key=lambda a: a.days)
+
+
+BATCH_FACTORS = (0.5, 2.0)
+
+
+def other_batch(space: Space, headroom: float, tokens_budget: float,
+                current: Ranked | None) -> tuple[tuple[int, int], Ranked, float] | None:
+    """The best plan with the global-batch range halved or doubled, when it trains sooner.
+
+    Larger batches amortize the pipeline bubble and gradient reduction; whether the model
+    still converges at that batch is the user's call, so this is reported, never chosen.
+    """
+    base_days = train_days(tokens_budget, current.tokens_per_s) if current else float("inf")
+    best = None
+    lo, hi = space.global_batch_range
+    for factor in BATCH_FACTORS:
+        batch = (max(int(lo * factor), 1), max(int(hi * factor), 1))
+        found = exhaustive_best(replace(space, global_batch_range=batch), headroom)
+        if found is None:
+            continue
+        days = train_days(tokens_budget, found.tokens_per_s)
+        if days < base_days and (best is None or days < best[2]):
+            best = (batch, found, days)
+    return best

@@ -13,9 +13,9 @@ from cost_models.gemm_curve import curve_for
 from cost_models.params import count_parameters
 from cost_models.specs import ClusterSpec, ModelSpec, Precision, SpecError
 from tuner import options as opt
-from tuner.alternatives import faster_gpu_counts, train_days
+from tuner.alternatives import faster_gpu_counts, other_batch, train_days
 from tuner.plan_io import make_provenance, plan_document, save_plan
-from tuner.report import alternatives_block, best_block, header, runners_up
+from tuner.report import alternatives_block, batch_block, best_block, header, runners_up
 from tuner.search import Ranked, collect, make_sampler, recover_stale_trials, run_study
 from tuner.space import Knobs, Space, check_space, layouts
 from tuner.storage import open_study
@@ -198,9 +198,11 @@ def text_report(req: Request, ranked: list[Ranked], args) -> str:
     if args.top_k > 1 and len(ranked) > 1:
         parts.append(runners_up(ranked, args.top_k))
     if not args.no_alternatives:
+        days = train_days(req.tokens_budget, best.tokens_per_s)
         alts = faster_gpu_counts(req.space, args.memory_headroom, req.tokens_budget, best)
-        parts.append(alternatives_block(alts, req.space.num_gpus,
-                                        train_days(req.tokens_budget, best.tokens_per_s)))
+        parts.append(alternatives_block(alts, req.space.num_gpus, days))
+        batch = other_batch(req.space, args.memory_headroom, req.tokens_budget, best)
+        parts.append(batch_block(batch, req.model.seq_len, days))
     return "\n".join(parts)
 
 

@@ -6,6 +6,7 @@ as one line on stderr and exit code 2; no traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -51,6 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return SUBCOMMANDS[name](rest)
     except SpecError as exc:
         return fail(prog, str(exc))
+    except BrokenPipeError:  # output piped into `head` and cut: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as exc:
         return fail(prog, f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
     except KeyboardInterrupt:

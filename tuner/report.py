@@ -98,3 +98,13 @@ def alternatives_block(alts: list[Alternative], num_gpus: int, best_days: float)
                      f"{a.days:.1f} days ({best_days / a.days:.2f}x sooner), "
                      f"{a.gpu_hours / 1e6:.2f}M GPU-hours")
     return "\n".join(lines)
+
+
+def batch_block(found, seq_len: int, best_days: float) -> str:
+    if found is None:
+        return "Batch: halving or doubling the global-batch range would not train sooner."
+    (lo, hi), r, days = found
+    return (f"Another batch would train sooner: {r.plan.global_batch_size} sequences "
+            f"({r.plan.global_batch_size * seq_len / 1e6:.1f}M tokens, searched {lo}-{hi}) with "
+            f"{r.plan.name}: MFU {100 * r.mfu:.1f}%, {days:.1f} days "
+            f"({best_days / days:.2f}x sooner) -- if the model converges at that batch.")
