@@ -75,10 +75,20 @@ def _expand(paths: list[str]) -> list[str]:
     return out
 
 
+# Physical bounds of a fitted tier, log(latency_s) and log(bandwidth_bytes_per_s): 10 ns-10 s,
+# 1 kB/s-100 TB/s. A fit that ends on a bound was not identifiable from the sizes measured
+# (e.g. only small messages: no bandwidth information) and is reported as such.
+LOG_BOUNDS = (np.log([1e-8, 1e3]), np.log([10.0, 1e14]))
+
+
+def clip_params(params: np.ndarray) -> np.ndarray:
+    return np.clip(params, *LOG_BOUNDS)
+
+
 def fit_cluster(cluster: ClusterSpec, tier_index: int, params: np.ndarray) -> ClusterSpec:
     """`cluster` with tier `tier_index` given (latency_s, bandwidth) = exp(params)."""
     tiers = list(cluster.tiers)
-    lat, bw = np.exp(params)
+    lat, bw = np.exp(clip_params(params))
     tiers[tier_index] = replace(tiers[tier_index], latency_s=float(lat),
                                 bandwidth_bytes_per_s=float(bw))
     return replace(cluster, tiers=tuple(tiers))
@@ -104,6 +114,7 @@ def _least_squares(residual, x0: np.ndarray, iters: int = 60) -> np.ndarray:
         jac = np.column_stack([(residual(x + h) - r) / 1e-6 for h in np.eye(len(x)) * 1e-6])
         normal = jac.T @ jac
         step = np.linalg.solve(normal + damping * np.diag(np.diag(normal) + 1e-12), -jac.T @ r)
+        step = clip_params(x + step) - x
         trial = residual(x + step)
         if trial @ trial < r @ r:
             x, r, damping = x + step, trial, damping / 3

@@ -50,7 +50,10 @@ def test_shaped_inter_node_bandwidth_is_fitted_within_10_percent(tmp_path):
     res = read_results(out)
     assert res.header["nodes"] == 2 and res.header["ranks_per_node"] == 2
     assert res.header["fabric"]["rate_bits_per_s"] == 1e9
-    cluster, fit, _, _ = build_profile([str(out)], load_cluster("dgx-h100"), name="fab")
+    # The fastest iteration of each size sees the link with the least CPU noise (a shaped
+    # link is a ceiling: noise can only make a transfer slower).
+    cluster, fit, _, _ = build_profile([str(out)], load_cluster("dgx-h100"), name="fab",
+                                       statistic="min")
     node_bw = fit["tiers"]["inter_node"]["node_bandwidth_bytes_per_s"]
     assert node_bw == pytest.approx(PAYLOAD_BYTES_PER_S, rel=0.10)
 
