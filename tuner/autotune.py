@@ -152,8 +152,10 @@ def search(req: Request, args: argparse.Namespace) -> tuple[list[Ranked], dict[s
     if args.stale_after is not None and args.stale_after <= 0:
         raise SpecError(f"--stale-after {args.stale_after} must be > 0 seconds")
     recover_stale_trials(study, args.stale_after)
-    progress = (not args.quiet and sys.stderr.isatty()
-                and len(layouts(req.space)) >= PROGRESS_MIN_LAYOUTS)
+    # A bar when the search can take more than a moment: many layouts, or a storage whose
+    # trials cost round trips (sqlite ~0.5 s each); never when output is not a terminal.
+    slow = len(layouts(req.space)) >= PROGRESS_MIN_LAYOUTS or args.storage is not None
+    progress = not args.quiet and sys.stderr.isatty() and slow
     run_study(study, req.space, headroom=args.memory_headroom, n_trials=args.trials,
               progress=progress, stale_after_s=args.stale_after)
     return collect(study)
