@@ -255,8 +255,10 @@ def run_study(study: optuna.Study, space: Space, *, headroom: float, n_trials: i
                 if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)}
         if len(seen) >= total:
             return  # every layout is in the study already (a finished or resumed search)
-        # The sampler stops the study itself once every layout has been tried.
-    study.optimize(objective, n_trials=n_trials, timeout=timeout_s,
+        # The sampler stops the study itself once every layout has been tried; the bound
+        # only gives Optuna's progress bar its length.
+    budget = n_trials if n_trials is not None or not brute else total - len(seen)
+    study.optimize(objective, n_trials=budget, timeout=timeout_s,
                    show_progress_bar=progress, gc_after_trial=False)
     if brute and n_trials is None and timeout_s is None:
         await_other_workers(study, objective, progress, stale_after_s)
