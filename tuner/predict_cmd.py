@@ -70,11 +70,11 @@ def table(plan: Plan, est: Estimate) -> str:
 
 def run(argv: list[str], prog: str = "autotune predict") -> int:
     args = build_parser(prog).parse_args(argv)
-    if args.plan:
+    if args.plan:  # the plan file's model and cluster, unless --cluster names another
         loaded = load_plan(args.plan)
-        model, plan = loaded.model, loaded.plan
-        _, cluster, _ = opt.load_inputs(argparse.Namespace(**{**vars(args),
-                                                              "model": args.model}))
+        model, plan, cluster = loaded.model, loaded.plan, loaded.cluster
+        if args.cluster is not None:
+            _, cluster, _ = opt.load_inputs(args)
     else:
         model, cluster, _ = opt.load_inputs(args)
         plan = plan_from_args(args)

@@ -1,0 +1,34 @@
+"""`autotune predict`: one plan from flags or from a plan file."""
+
+import json
+import subprocess
+import sys
+
+
+def autotune(*args):
+    return subprocess.run([sys.executable, "-m", "tuner", *args], capture_output=True,
+                          text=True, check=True)
+
+
+def test_predict_a_saved_plan_on_its_own_cluster(tmp_path):
+    plan = tmp_path / "plan.json"
+    autotune("--model", "llama3-8b", "--gpus", "64", "--cluster", "dgx-a100-80gb",
+             "--out", str(plan), "--quiet", "--no-alternatives")
+    saved = json.loads(plan.read_text())["prediction"]
+    again = json.loads(autotune("predict", "--plan", str(plan), "--json").stdout)
+    assert again["step_time_s"] == saved["step_time_s"]
+    assert again["mfu"] == saved["mfu"]
+    other = json.loads(autotune("predict", "--plan", str(plan), "--cluster", "dgx-h100",
+                                "--json").stdout)
+    assert other["step_time_s"] < saved["step_time_s"]  # H100 is faster than A100
+
+
+def test_predict_from_flags_table_and_json_agree():
+    flags = ("predict", "--model", "gpt3-175b", "--cluster", "dgx-a100-80gb", "--tp", "8",
+             "--pp", "12", "--gpus", "384", "--global-batch", "1536", "--recompute", "full",
+             "--zero", "0", "--precision", "fp16")
+    table = autotune(*flags).stdout
+    doc = json.loads(autotune(*flags, "--json").stdout)
+    assert doc["plan"] == "tp8.pp12.vpp1.dp4.cp1.ep1.mb1"
+    assert f"{doc['step_time_s']:.3f} s" in table
+    assert abs(sum(doc["breakdown_s"].values()) - doc["step_time_s"]) < 1e-9
