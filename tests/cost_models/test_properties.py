@@ -87,3 +87,18 @@ def test_breakdown_adds_up_to_step_time():
 def test_tier_with_no_bandwidth_is_rejected():
     with pytest.raises(ValueError, match="bandwidth_bytes_per_s"):
         LinkTier(name="x", domain_gpus=8, latency_s=1e-6, bandwidth_bytes_per_s=0)
+
+
+def test_an_infeasible_plan_says_which_term_does_not_fit_and_by_how_much():
+    from cost_models.analytical import estimate
+    from cost_models.specs import Plan
+
+    model, cluster = model_preset("llama3-405b"), cluster_preset("dgx-h100")
+    est = estimate(model, cluster, Plan(tp=8, dp=1, global_batch_size=8, zero=1))
+    assert not est.feasible
+    over_gb = (est.peak_memory_bytes - cluster.gpu.memory_bytes) / 1e9
+    assert f"by {over_gb:.1f} GB" in est.infeasible_reason
+    assert "largest term: optimizer" in est.infeasible_reason
+    fits = estimate(model_preset("llama3-8b"), cluster,
+                    Plan(tp=1, dp=8, global_batch_size=8, zero=1))
+    assert fits.feasible and fits.infeasible_reason is None
