@@ -262,6 +262,13 @@ def build_profile(paths: list[str], base: ClusterSpec, *, name: str, statistic: 
                   every_other_size: bool = False, holdout: str | None = None):
     """(cluster, fit block, provenance, checked rows) for results files `paths`."""
     frame, headers, problems = load_frame(paths)
+    alone = frame["group_size"] < 2
+    if alone.all():
+        raise FitError("every measurement is of a single rank, which crosses no link: "
+                       "run the benchmark with at least 2 ranks")
+    if alone.any():
+        problems.append(f"dropped {int(alone.sum())} single-rank measurements (no link)")
+        frame = frame[~alone].reset_index(drop=True)
     gpn = sorted(frame["gpus_per_node"].unique())
     if len(gpn) != 1:
         raise FitError(f"the files were measured with different ranks per node {gpn}; fit "

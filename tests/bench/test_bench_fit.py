@@ -100,3 +100,26 @@ def test_planning_path_does_not_import_torch_or_mpi():
             "import bench.records, cost_models.fit, cost_models.fit_plot")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_single_rank_results_are_refused_in_one_line(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from tests.bench.conftest import REPO
+
+    src = REPO / "results" / "bench" / "local_gloo_4r.jsonl"
+    lines = src.read_text().splitlines()
+    header, records = lines[0], [json.loads(x) for x in lines[1:]]
+    for r in records:
+        r["group_size"] = 1
+    one = tmp_path / "one.jsonl"
+    one.write_text("\n".join([header] + [json.dumps(r) for r in records]) + "\n")
+    proc = subprocess.run([sys.executable, "-m", "cost_models.fit", str(one), "-o",
+                           str(tmp_path / "p.json")], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "fit: error: every measurement is of a single rank, which crosses no link: run the "
+        "benchmark with at least 2 ranks"]
+    assert not (tmp_path / "p.json").exists()
