@@ -103,10 +103,6 @@ def test_planning_path_does_not_import_torch_or_mpi():
 
 
 def test_single_rank_results_are_refused_in_one_line(tmp_path):
-    import json
-    import subprocess
-    import sys
-
     from tests.bench.conftest import REPO
 
     src = REPO / "results" / "bench" / "local_gloo_4r.jsonl"
