@@ -1,0 +1,31 @@
+"""The CLI surface is a contract with users and with slurm/ scripts: changing it is a choice.
+
+A new flag must be added here on purpose (and documented in the README)."""
+
+from tuner.autotune import build_parser as search_parser
+from tuner.cli import SUBCOMMANDS
+from tuner.predict_cmd import build_parser as predict_parser
+from tuner.validate_cmd import build_parser as validate_parser
+
+SEARCH = {"--cluster", "--cp", "--ep", "--format", "--global-batch", "--global-batch-tokens",
+          "--gpus", "--help", "--max-pp", "--max-tp", "--memory-headroom", "--micro-batch",
+          "--model", "--no-alternatives", "--no-cp", "--no-sp", "--out", "--plot", "--pp",
+          "--precision", "--quiet", "--recompute", "--sampler", "--seed", "--seq-len",
+          "--stale-after", "--storage", "--study-name", "--tokens", "--top-k", "--tp",
+          "--trials", "--vpp", "--zero", "-h"}
+PREDICT = {"--cluster", "--cp", "--dp", "--ep", "--global-batch", "--gpus", "--help", "--json",
+           "--micro-batch", "--model", "--no-flash-attention", "--order", "--plan", "--pp",
+           "--precision", "--recompute", "--seq-len", "--sequence-parallel", "--tp", "--vpp",
+           "--zero", "-h"}
+VALIDATE = {"--out", "--report", "--help", "-h"}
+
+
+def flags(parser) -> set[str]:
+    return {option for action in parser._actions for option in action.option_strings}
+
+
+def test_cli_surface_is_pinned():
+    assert set(SUBCOMMANDS) == {"search", "predict", "validate", "launch"}
+    assert flags(search_parser()) == SEARCH
+    assert flags(predict_parser()) == PREDICT
+    assert flags(validate_parser()) == VALIDATE
