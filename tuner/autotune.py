@@ -121,9 +121,12 @@ def _gpus(args: argparse.Namespace) -> int:
         if args.gpus < 1:
             raise SpecError(f"--gpus {args.gpus} must be >= 1")
         return args.gpus
-    from tuner.slurm_env import current_allocation
+    from tuner.slurm_env import SlurmEnvError, current_allocation
 
-    allocation = current_allocation()
+    try:
+        allocation = current_allocation()
+    except SlurmEnvError as exc:
+        raise SpecError(f"{exc}; or pass --gpus") from None
     if allocation is not None and allocation.gpus_per_node > 0:
         return allocation.num_nodes * allocation.gpus_per_node
     return opt.DEFAULT_GPUS

@@ -32,3 +32,19 @@ def test_predict_from_flags_table_and_json_agree():
     assert doc["plan"] == "tp8.pp12.vpp1.dp4.cp1.ep1.mb1"
     assert f"{doc['step_time_s']:.3f} s" in table
     assert abs(sum(doc["breakdown_s"].values()) - doc["step_time_s"]) < 1e-9
+
+
+def test_inside_an_allocation_the_gpu_count_comes_from_slurm(monkeypatch):
+    import os
+
+    env = {**os.environ, "SLURM_JOB_ID": "5", "SLURM_JOB_NODELIST": "n[1-2]",
+           "SLURM_JOB_NUM_NODES": "2", "SLURM_GPUS_ON_NODE": "8"}
+    out = subprocess.run([sys.executable, "-m", "tuner", "--model", "8b", "--format", "json",
+                          "--no-alternatives"], capture_output=True, text=True, env=env,
+                         check=True)
+    assert json.loads(out.stdout)["layout"]["num_gpus"] == 16
+    broken = {**os.environ, "SLURM_JOB_ID": "5"}
+    bad = subprocess.run([sys.executable, "-m", "tuner", "--model", "8b"], capture_output=True,
+                         text=True, env=broken)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    assert "SLURM_JOB_NODELIST is not set" in bad.stderr
