@@ -165,7 +165,7 @@ def search(req: Request, args: argparse.Namespace) -> tuple[list[Ranked], dict[s
 
 
 def no_plan_message(req: Request, infeasible: dict[str, str]) -> str:
-    reasons = sorted(set(infeasible.values()))[:2]
+    reasons = sorted(set(infeasible.values()))[:1]
     return (f"no plan of {req.model.name} fits {req.space.num_gpus} x {req.cluster.gpu.name}: "
             f"{'; '.join(reasons)}; use more GPUs, a larger-memory GPU, --zero 3 with "
             "--pp 1, or a smaller model")
