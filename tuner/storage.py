@@ -9,12 +9,15 @@ worker that was killed.
 
 from __future__ import annotations
 
+import time
+
 import optuna
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 
 from cost_models.specs import SpecError
 
 JOURNAL_PREFIX = "journal:"
+RDB_ATTEMPTS = 5
 
 
 def open_storage(url: str | None) -> optuna.storages.BaseStorage | None:
@@ -31,10 +34,19 @@ def open_storage(url: str | None) -> optuna.storages.BaseStorage | None:
     if "://" not in url:
         raise SpecError(f"--storage {url!r} is not a storage URL; use journal:PATH or an RDB "
                         "URL such as sqlite:///study.db")
-    try:
-        return optuna.storages.RDBStorage(url)
-    except Exception as exc:  # sqlalchemy raises many kinds; one line is what users need
-        raise SpecError(f"--storage {url!r}: {str(exc).splitlines()[0]}") from None
+    for attempt in range(RDB_ATTEMPTS):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except Exception as exc:  # sqlalchemy raises many kinds; one line is what users need
+            # Workers of a job array start together: two may create the schema of a new
+            # database at once, and the loser sees "already exists" or a UNIQUE violation
+            # (sqlalchemy OperationalError / IntegrityError). Retrying loads the schema.
+            racing = type(exc).__name__ in ("OperationalError", "IntegrityError")
+            if racing and attempt + 1 < RDB_ATTEMPTS:
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            raise SpecError(f"--storage {url!r}: {str(exc).splitlines()[0]}") from None
+    raise AssertionError("unreachable")
 
 
 def open_study(storage_url: str | None, study_name: str,
