@@ -137,13 +137,15 @@ def selective_recompute_s(model: ModelSpec, cluster: ClusterSpec, plans: PlanArr
     """Forward work redone by selective recomputation, per layer and micro-batch.
 
     Unfused attention: Korthikanti et al. 2022's attention core (scores, softmax, dropout).
-    Flash attention: the norms and the MLP activation (their element-wise passes)."""
+    Flash attention: the norms, and in MoE layers the expert activation (Megatron-Core
+    `--recompute-modules layernorm moe_act`): their element-wise passes."""
     tokens = plans.micro_batch_size * model.seq_len / plans.cp
     h = model.hidden_size
     tp_div = np.where(plans.sequence_parallel, plans.tp, 1)
     copies = model.moe_topk if moe else 1
     f = model.moe_ffn_hidden_size if moe else model.ffn_hidden_size
-    passes = ELEMENT_BYTES * (4.0 * h / tp_div + copies * mlp_matrices(model.mlp) * f / plans.tp)
+    act = copies * mlp_matrices(model.mlp) * f / plans.tp if moe else 0.0
+    passes = ELEMENT_BYTES * (4.0 * h / tp_div + act)
     modules = tokens * passes / cluster.gpu.hbm_bandwidth_bytes_per_s
     return np.where(plans.flash_attention, modules, attention_s)
 

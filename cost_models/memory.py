@@ -75,9 +75,9 @@ def layer_activation_bytes_per_token(model: ModelSpec, plans: PlanArrays, moe: b
     (Q, K, V, attention output 8h; MLP activation input and output 16h). Flash attention
     stores no score matrix (their 5as^2b term is gone). Sequence parallelism shards the
     replicated part too. Full recomputation keeps only each layer's 2h input. Selective
-    recomputation with flash attention recomputes the norms and the MLP activation
-    (Megatron-Core `--recompute-modules layernorm mlp_act`): the two norm outputs (4h) and the
-    activation output (f per expert copy) are not kept.
+    recomputation with flash attention recomputes the norms and, in MoE layers, the expert
+    activation (Megatron-Core `--recompute-modules layernorm moe_act`): the two norm outputs
+    (4h) and the expert activation outputs (f per routed copy) are not kept.
     """
     h, q, kv = model.hidden_size, model.q_dim, model.kv_dim
     mats = mlp_matrices(model.mlp)
@@ -94,7 +94,7 @@ def layer_activation_bytes_per_token(model: ModelSpec, plans: PlanArrays, moe: b
     tp_div = np.where(plans.sequence_parallel, plans.tp, 1)
     full = replicated / tp_div + (attn + mlp) / plans.tp + score_bytes_per_token(model, plans)
     modules = np.where(plans.flash_attention,
-                       ACT_BYTES * 2 * h / tp_div + act_out / plans.tp, 0.0)
+                       ACT_BYTES * 2 * h / tp_div + (act_out / plans.tp if moe else 0.0), 0.0)
     kept_input = ACT_BYTES * h / tp_div
     return np.choose(plans.recompute, [full, full - modules, kept_input])
 

@@ -122,11 +122,29 @@ def _parallel_args(model: ModelSpec, plan: Plan) -> list[str]:
     return args + list(_ORDER_FLAGS[plan.order])
 
 
-def _batch_and_memory_args(plan: Plan) -> list[str]:
+def recompute_modules(model: ModelSpec, plan: Plan) -> list[str]:
+    """The modules selective recomputation redoes, as the cost model counts them: with flash
+    attention the norms (and the MoE activation, which needs grouped GEMMs); with unfused
+    attention Korthikanti's attention core (Megatron's default, core_attn)."""
+    if not plan.flash_attention:
+        return ["core_attn"]
+    return ["layernorm"] + (["moe_act"] if model.is_moe else [])
+
+
+def _overlap_args(plan: Plan) -> list[str]:
+    """The cost model hides DP gradient reduction behind the last backward and the weight
+    all-gather behind the first forward: Megatron-LM does so only when asked."""
+    if plan.zero >= 2 or plan.dp * plan.cp == 1:
+        return []
+    return ["--overlap-grad-reduce"] + (["--overlap-param-gather"] if plan.zero == 1 else [])
+
+
+def _batch_and_memory_args(model: ModelSpec, plan: Plan) -> list[str]:
     args = ["--micro-batch-size", str(plan.micro_batch_size),
             "--global-batch-size", str(plan.global_batch_size)]
     if plan.recompute == Recompute.SELECTIVE:
-        args += ["--recompute-granularity", "selective"]
+        args += ["--recompute-granularity", "selective",
+                 "--recompute-modules", *recompute_modules(model, plan)]
     elif plan.recompute == Recompute.FULL:
         args += ["--recompute-granularity", "full", "--recompute-method", "uniform",
                  "--recompute-num-layers", "1"]
@@ -135,7 +153,7 @@ def _batch_and_memory_args(plan: Plan) -> list[str]:
     elif plan.zero >= 2:
         args += ["--use-megatron-fsdp", "--data-parallel-sharding-strategy",
                  _SHARDING[plan.zero], "--ckpt-format", "fsdp_dtensor"]
-    return args
+    return args + _overlap_args(plan)
 
 
 def _precision_args(plan: Plan) -> list[str]:
@@ -165,7 +183,7 @@ def _moe_args(model: ModelSpec) -> list[str]:
         return []
     args = ["--num-experts", str(model.num_experts), "--moe-router-topk", str(model.moe_topk),
             "--moe-ffn-hidden-size", str(model.moe_ffn_hidden_size),
-            "--moe-layer-freq", moe_layer_pattern(model)]
+            "--moe-layer-freq", moe_layer_pattern(model), "--moe-grouped-gemm"]
     if model.moe_shared_ffn_hidden_size > 0:
         args += ["--moe-shared-expert-intermediate-size", str(model.moe_shared_ffn_hidden_size)]
     return args
@@ -177,8 +195,8 @@ def megatron_args(model: ModelSpec, plan: Plan) -> list[str]:
     Data, tokenizer, optimizer and schedule arguments are the user's: append them.
     """
     check_megatron(model, plan)
-    return (_parallel_args(model, plan) + _batch_and_memory_args(plan) + _precision_args(plan)
-            + _model_args(model))
+    return (_parallel_args(model, plan) + _batch_and_memory_args(model, plan)
+            + _precision_args(plan) + _model_args(model))
 
 
 def megatron_env(plan: Plan) -> dict[str, str]:
@@ -215,17 +233,18 @@ def megatron_transformer_config_kwargs(model: ModelSpec, plan: Plan) -> dict[str
     if first is not None:
         kwargs |= {"num_layers_in_first_pipeline_stage": first,
                    "num_layers_in_last_pipeline_stage": last}
-    kwargs.update(_recompute_kwargs(plan))
+    kwargs.update(_recompute_kwargs(model, plan))
     kwargs.update(_moe_kwargs(model))
     return kwargs
 
 
-def _recompute_kwargs(plan: Plan) -> dict[str, object]:
+def _recompute_kwargs(model: ModelSpec, plan: Plan) -> dict[str, object]:
     if plan.recompute == Recompute.FULL:
         return {"recompute_granularity": "full", "recompute_method": "uniform",
                 "recompute_num_layers": 1}
     if plan.recompute == Recompute.SELECTIVE:
-        return {"recompute_granularity": "selective"}
+        return {"recompute_granularity": "selective",
+                "recompute_modules": recompute_modules(model, plan)}
     return {}
 
 
@@ -237,10 +256,13 @@ def _moe_kwargs(model: ModelSpec) -> dict[str, object]:
     return {"num_moe_experts": model.num_experts, "moe_router_topk": model.moe_topk,
             "moe_ffn_hidden_size": model.moe_ffn_hidden_size, "moe_layer_freq": freq,
             "moe_shared_expert_intermediate_size": model.moe_shared_ffn_hidden_size or None,
-            "expert_tensor_parallel_size": 1}
+            "expert_tensor_parallel_size": 1, "moe_grouped_gemm": True}
 
 
 def megatron_ddp_config_kwargs(plan: Plan) -> dict[str, object]:
     """Keyword arguments of megatron-core's `DistributedDataParallelConfig` for plan.zero."""
+    overlap = _overlap_args(plan)
     return {"use_distributed_optimizer": plan.zero == 1, "use_megatron_fsdp": plan.zero >= 2,
-            "data_parallel_sharding_strategy": _SHARDING.get(plan.zero, "no_shard")}
+            "data_parallel_sharding_strategy": _SHARDING.get(plan.zero, "no_shard"),
+            "overlap_grad_reduce": "--overlap-grad-reduce" in overlap,
+            "overlap_param_gather": "--overlap-param-gather" in overlap}

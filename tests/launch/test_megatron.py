@@ -38,6 +38,9 @@ MEGATRON_LM_FLAGS = {
     "--micro-batch-size": int, "--global-batch-size": int,
     "--recompute-granularity": ("full", "selective"), "--recompute-method": ("uniform", "block"),
     "--recompute-num-layers": int, "--use-distributed-optimizer": None,
+    "--recompute-modules": ("core_attn", "moe_act", "layernorm", "mla_up_proj", "mlp", "moe",
+                            "shared_experts"),
+    "--overlap-grad-reduce": None, "--overlap-param-gather": None, "--moe-grouped-gemm": None,
     "--use-megatron-fsdp": None,
     "--data-parallel-sharding-strategy": ("no_shard", "optim", "optim_grads",
                                           "optim_grads_params"),
@@ -57,6 +60,8 @@ def parse_megatron(args: list[str]) -> argparse.Namespace:
     for flag, kind in MEGATRON_LM_FLAGS.items():
         if kind is None:
             parser.add_argument(flag, action="store_true")
+        elif flag == "--recompute-modules":  # Megatron-LM: nargs="*"
+            parser.add_argument(flag, nargs="*", choices=kind)
         elif isinstance(kind, tuple):
             parser.add_argument(flag, choices=kind)
         else:
@@ -91,6 +96,9 @@ ACCEPTED = {
     "qwen3-moe-ep": (QWEN3, Plan(tp=4, pp=2, dp=32, ep=32, micro_batch_size=1,
                                  global_batch_size=1024, sequence_parallel=True, zero=1)),
     "tiny-moe-shared": (TINY_MOE, Plan(tp=1, pp=2, vpp=2, dp=2, ep=2, global_batch_size=8)),
+    "qwen3-moe-selective": (QWEN3, Plan(tp=2, pp=2, dp=16, ep=8, micro_batch_size=1,
+                                        global_batch_size=64, sequence_parallel=True,
+                                        recompute="selective", zero=1)),
     "llama-uneven-pp3": (LLAMA, Plan(tp=8, pp=3, dp=2, global_batch_size=16,
                                      sequence_parallel=True, zero=1)),
 }
@@ -136,6 +144,10 @@ def test_arguments_are_megatron_lm_flags_with_the_same_values(case):
     assert parsed.swiglu == (model.mlp == "swiglu")
     assert parsed.untie_embeddings_and_output_weights == (not model.tied_embeddings)
     assert parsed.recompute_granularity == kwargs.get("recompute_granularity")
+    assert parsed.recompute_modules == kwargs.get("recompute_modules")
+    ddp = megatron_ddp_config_kwargs(plan)
+    assert parsed.overlap_grad_reduce == ddp["overlap_grad_reduce"]
+    assert parsed.overlap_param_gather == ddp["overlap_param_gather"]
     assert parsed.use_tp_pp_dp_mapping == (plan.order == "tp-cp-pp-dp")
     assert parsed.decoder_first_pipeline_num_layers == kwargs.get(
         "num_layers_in_first_pipeline_stage")
