@@ -45,7 +45,7 @@ def group_ranks_per_node(plans: PlanArrays, gpus_per_node: int) -> dict[str, np.
     pp_inside = ORDER_POSITION[plans.order][:, AXES.index("pp")] == 0
     ep_stride = np.where(pp_inside, plans.pp, 1)
     out["ep"] = ranks_per_node(plans.ep, ep_stride, gpus_per_node)
-    # Data-parallel gradient groups span dp*cp ranks (CP ranks hold the same weights).
-    dp_cp_stride = np.minimum(strides["dp"], strides["cp"])
-    out["dp_cp"] = ranks_per_node(plans.dp * plans.cp, dp_cp_stride, gpus_per_node)
+    # Data-parallel gradient groups span dp*cp ranks (CP ranks hold the same weights): the
+    # members a node holds are its CP members times its DP members.
+    out["dp_cp"] = np.minimum(out["cp"] * out["dp"], gpus_per_node)
     return out
