@@ -25,7 +25,9 @@ from importlib import metadata
 from pathlib import Path
 
 from cost_models.atomic import write_json_atomic
+from cost_models.goodput import goodput
 from cost_models.loaders import cluster_from_dict, cluster_to_dict
+from cost_models.params import count_parameters
 from cost_models.specs import ClusterSpec, Estimate, ModelSpec, Plan, SpecError
 from tuner.deepspeed_config import deepspeed_config
 from tuner.megatron import megatron_args, megatron_env
@@ -109,6 +111,16 @@ def prediction_block(estimate: Estimate, tokens_budget: float, num_gpus: int) ->
     }
 
 
+def failures_block(model: ModelSpec, plan: Plan, estimate: Estimate,
+                   tokens_budget: float) -> dict[str, object]:
+    """Expected time to train with failures and checkpoints (cost_models.goodput)."""
+    g = goodput(plan.num_gpus, count_parameters(model))
+    seconds = tokens_budget / float(estimate.tokens_per_s) / max(g.goodput, 1e-9)
+    return {"job_mtbf_s": g.job_mtbf_s, "checkpoint_s": g.checkpoint_s,
+            "checkpoint_interval_s": g.checkpoint_interval_s, "goodput": g.goodput,
+            "days_with_failures": seconds / SECONDS_PER_DAY}
+
+
 def cluster_block(cluster: ClusterSpec) -> dict[str, object]:
     """The cluster the plan was made for: the cluster-profile format of cost_models.loaders,
     plus `gpu_memory_bytes` at the top for readers that need only that."""
@@ -180,7 +192,8 @@ def plan_document(model: ModelSpec, cluster: ClusterSpec, plan: Plan, estimate: 
         "kind": PLAN_KIND, "schema_version": PLAN_SCHEMA_VERSION,
         "model": spec_dict(model), "cluster": cluster_block(cluster),
         "plan": spec_dict(plan), "layout": _layout_block(plan, cluster),
-        "prediction": prediction_block(estimate, tokens_budget, plan.num_gpus),
+        "prediction": prediction_block(estimate, tokens_budget, plan.num_gpus)
+        | {"failures": failures_block(model, plan, estimate, tokens_budget)},
         "alternatives": [{"plan": spec_dict(other), "layout": _layout_block(other, cluster),
                           "prediction": prediction_block(other_estimate, tokens_budget,
                                                          other.num_gpus)}

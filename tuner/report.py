@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from cost_models.goodput import goodput
 from cost_models.params import count_parameters
 from cost_models.specs import ClusterSpec, ModelSpec, Plan
 from tuner.alternatives import Alternative, train_days
@@ -58,8 +59,15 @@ ZERO3_NOTE = ("Note    ZeRO-3/FSDP plans are the least validated: published ZeRO
               "pin --zero 0,1 to compare.")
 
 
+def failures_line(best: Ranked, days: float, num_params: float) -> str:
+    g = goodput(best.plan.num_gpus, num_params)
+    return (f"        with failures at Llama 3's rate: {days / g.goodput:.1f} days (a failure "
+            f"every {g.job_mtbf_s / 3600:.1f} h, checkpoint every "
+            f"{g.checkpoint_interval_s / 60:.0f} min, goodput {100 * g.goodput:.1f}%)")
+
+
 def best_block(best: Ranked, cluster: ClusterSpec, seq_len: int, batch_note: str,
-               tokens_budget: float) -> str:
+               tokens_budget: float, num_params: float) -> str:
     days = train_days(tokens_budget, best.tokens_per_s)
     gpu_hours = days * 24 * best.plan.num_gpus
     note = [ZERO3_NOTE] if best.plan.zero == 3 else []
@@ -71,7 +79,8 @@ def best_block(best: Ranked, cluster: ClusterSpec, seq_len: int, batch_note: str
         f"Memory  {memory_line(best, cluster.gpu.memory_bytes)}",
         f"Time    {breakdown_line(best.breakdown_s, best.step_time_s)}",
         f"Train   {tokens_budget / 1e12:.2f}T tokens: {days:.1f} days, "
-        f"{gpu_hours / 1e6:.2f}M GPU-hours",
+        f"{gpu_hours / 1e6:.2f}M GPU-hours at full speed",
+        failures_line(best, days, num_params),
     ])
 
 

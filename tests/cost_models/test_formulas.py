@@ -91,3 +91,16 @@ def test_single_rank_group_costs_nothing():
     assert float(collective_time_s(Collective.ALL_REDUCE, 1e9, 1, 1, cluster)) == 0.0
     assert np.all(collective_time_s(Collective.ALL_TO_ALL, np.array([1e6, 1e9]), 1, 1,
                                     cluster) == 0)
+
+
+def test_goodput_follows_young_and_matches_llama3_effective_time():
+    import math
+
+    from cost_models.goodput import goodput
+
+    g = goodput(16384, 405e9)
+    # Llama 3 (arXiv:2407.21783 Sec. 3.3.4): 419 unexpected interruptions in 54 days.
+    assert g.job_mtbf_s == pytest.approx(54 * 24 * 3600 / 419)
+    assert g.checkpoint_interval_s == pytest.approx(math.sqrt(2 * g.checkpoint_s * g.job_mtbf_s))
+    assert 0.90 < g.goodput < 0.95  # they report "higher than 90% effective training time"
+    assert goodput(512, 70e9).goodput > g.goodput  # fewer GPUs fail less often
