@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 from cost_models.goodput import goodput
 from cost_models.params import count_parameters
 from cost_models.specs import ClusterSpec, ModelSpec, Plan
@@ -13,11 +15,22 @@ GIB = 2**30
 
 
 def plan_line(plan: Plan) -> str:
+    """Two lines: the parallel degrees, then the knobs."""
     return (f"tp {plan.tp}  pp {plan.pp}  vpp {plan.vpp}  cp {plan.cp}  dp {plan.dp}  "
-            f"ep {plan.ep}  micro-batch {plan.micro_batch_size}  global batch "
-            f"{plan.global_batch_size}  seq-parallel {'on' if plan.sequence_parallel else 'off'}"
-            f"  recompute {plan.recompute}  zero {plan.zero}  {plan.precision}  "
-            f"order {plan.order}")
+            f"ep {plan.ep}  ({plan.num_gpus:,} GPUs, order {plan.order})\n        "
+            f"micro-batch {plan.micro_batch_size}  global batch {plan.global_batch_size}  "
+            f"seq-parallel {'on' if plan.sequence_parallel else 'off'}  recompute "
+            f"{plan.recompute}  zero {plan.zero}  {plan.precision}")
+
+
+WIDTH = 100
+INDENT = " " * 8
+
+
+def wrap(text: str) -> str:
+    """Wrap a report line at WIDTH, continuation lines under the value column."""
+    return textwrap.fill(text, width=WIDTH, subsequent_indent=INDENT,
+                         break_long_words=False, break_on_hyphens=False)
 
 
 def breakdown_line(breakdown_s: dict[str, float], step_s: float) -> str:
@@ -42,7 +55,7 @@ def why_loses(other: Ranked, best: Ranked) -> str:
     deltas = {k: other.breakdown_s[k] * scale - best.breakdown_s.get(k, 0.0)
               for k in other.breakdown_s}
     name, delta = max(deltas.items(), key=lambda kv: kv[1])
-    return f"+{delta:.2f}s {name} per step-equivalent"
+    return f"+{delta:.2f}s of {name} per step (at the best plan's batch)"
 
 
 def header(model: ModelSpec, cluster: ClusterSpec, num_gpus: int, default_cluster: bool) -> str:
@@ -61,9 +74,9 @@ ZERO3_NOTE = ("Note    ZeRO-3/FSDP plans are the least validated: published ZeRO
 
 def failures_line(best: Ranked, days: float, num_params: float) -> str:
     g = goodput(best.plan.num_gpus, num_params)
-    return (f"        with failures at Llama 3's rate: {days / g.goodput:.1f} days (a failure "
-            f"every {g.job_mtbf_s / 3600:.1f} h, checkpoint every "
-            f"{g.checkpoint_interval_s / 60:.0f} min, goodput {100 * g.goodput:.1f}%)")
+    return wrap(f"{INDENT}with failures at Llama 3's rate: {days / g.goodput:.1f} days (a "
+                f"failure every {g.job_mtbf_s / 3600:.1f} h, checkpoint every "
+                f"{g.checkpoint_interval_s / 60:.0f} min, goodput {100 * g.goodput:.1f}%)")
 
 
 def best_block(best: Ranked, cluster: ClusterSpec, seq_len: int, batch_note: str,
@@ -71,17 +84,18 @@ def best_block(best: Ranked, cluster: ClusterSpec, seq_len: int, batch_note: str
     days = train_days(tokens_budget, best.tokens_per_s)
     gpu_hours = days * 24 * best.plan.num_gpus
     note = [ZERO3_NOTE] if best.plan.zero == 3 else []
-    return "\n".join(note + [
+    lines = [
         f"Best    {plan_line(best.plan)}",
         f"Batch   {batch_note}",
         f"Step    {best.step_time_s:.2f} s   MFU {100 * best.mfu:.1f}%   "
         f"{best.tokens_per_s / 1e6:.2f} M tokens/s",
-        f"Memory  {memory_line(best, cluster.gpu.memory_bytes)}",
-        f"Time    {breakdown_line(best.breakdown_s, best.step_time_s)}",
+        wrap(f"Memory  {memory_line(best, cluster.gpu.memory_bytes)}"),
+        wrap(f"Time    {breakdown_line(best.breakdown_s, best.step_time_s)}"),
         f"Train   {tokens_budget / 1e12:.2f}T tokens: {days:.1f} days, "
         f"{gpu_hours / 1e6:.2f}M GPU-hours at full speed",
         failures_line(best, days, num_params),
-    ])
+    ]
+    return "\n".join(note + lines)
 
 
 def runners_up(ranked: list[Ranked], top_k: int) -> str:
@@ -94,7 +108,8 @@ def runners_up(ranked: list[Ranked], top_k: int) -> str:
     for r in others:
         lines.append(f"  MFU {100 * r.mfu:5.1f}%  step {r.step_time_s:6.2f}s  {r.plan.name} "
                      f"gbs {r.plan.global_batch_size} {r.plan.recompute} zero{r.plan.zero} "
-                     f"sp{int(r.plan.sequence_parallel)} {r.plan.order}: {why_loses(r, best)}")
+                     f"sp{int(r.plan.sequence_parallel)} {r.plan.order}\n"
+                     f"{INDENT}loses by {why_loses(r, best)}")
     return "\n".join(lines)
 
 
@@ -113,7 +128,7 @@ def batch_block(found, seq_len: int, best_days: float) -> str:
     if found is None:
         return "Batch: halving or doubling the global-batch range would not train sooner."
     (lo, hi), r, days = found
-    return (f"Another batch would train sooner: {r.plan.global_batch_size} sequences "
-            f"({r.plan.global_batch_size * seq_len / 1e6:.1f}M tokens, searched {lo}-{hi}) with "
-            f"{r.plan.name}: MFU {100 * r.mfu:.1f}%, {days:.1f} days "
-            f"({best_days / days:.2f}x sooner) -- if the model converges at that batch.")
+    return wrap(f"Another batch would train sooner: {r.plan.global_batch_size} sequences "
+                f"({r.plan.global_batch_size * seq_len / 1e6:.1f}M tokens, searched {lo}-{hi})"
+                f" with {r.plan.name}: MFU {100 * r.mfu:.1f}%, {days:.1f} days "
+                f"({best_days / days:.2f}x sooner) -- if the model converges at that batch.")
