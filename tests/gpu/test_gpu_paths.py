@@ -1,0 +1,41 @@
+"""The GPU paths, run for real where a GPU is present: `pytest -m gpu` on a GPU machine.
+
+Skipped (not failed) without CUDA, so they stay out of the CPU-only CI run; on the device
+machine they exercise NCCL through the same command line users run, and the GEMM benchmark
+whose output replaces the cost model's compute-efficiency curve.
+"""
+
+import subprocess
+import sys
+
+import pytest
+
+from bench.records import read_results
+from cost_models.gemm_curve import fit_gemm_curve
+from tests.bench.conftest import REPO
+
+torch = pytest.importorskip("torch")
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+def test_nccl_collectives_on_every_local_gpu(tmp_path):
+    gpus = torch.cuda.device_count()
+    out = tmp_path / "nccl.jsonl"
+    subprocess.run(["torchrun", "--standalone", f"--nproc-per-node={gpus}", "-m", "bench",
+                    "all_reduce,all_gather,reduce_scatter,send_recv", "-b", "8", "-e", "64M",
+                    "-f", "8", "--backend", "nccl", "-o", str(out)], cwd=REPO, check=True,
+                   timeout=600)
+    results = read_results(out)
+    assert results.header["backend"] == "nccl"
+    assert results.measurements and all(m.wrong == 0 for m in results.measurements)
+
+
+def test_gemm_benchmark_feeds_the_compute_curve(tmp_path):
+    out = tmp_path / "gemm.csv"
+    subprocess.run([sys.executable, "-m", "bench.gemm", "-o", str(out), "--hidden", "4096,8192",
+                    "--tp", "1,8", "--tokens", "2048,8192"], cwd=REPO, check=True, timeout=600)
+    peak = 989.4e12 if "H100" in torch.cuda.get_device_name() else None
+    curve, errors = fit_gemm_curve(out, peak or 1e15)
+    assert 0.05 < curve.max_fraction < 1.5
+    assert abs(errors).mean() < 0.25
