@@ -180,6 +180,10 @@ def inner_candidates(space: Space, layout: Layout) -> PlanArrays:
 
 def check_space(space: Space) -> None:
     """One clear line when nothing in the space can be valid."""
+    pinned_ep = space.knobs.ep
+    if pinned_ep is not None and not space.model.is_moe and pinned_ep != (1,):
+        raise SpecError(f"--ep {','.join(map(str, pinned_ep))}: {space.model.name} is a dense "
+                        "model; expert parallelism needs experts (drop --ep)")
     if not tp_choices(space):
         raise SpecError(f"no tensor-parallel degree divides {space.num_gpus} GPUs, the "
                         f"{space.model.num_heads} heads and {space.model.num_kv_heads} KV "
