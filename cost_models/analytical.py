@@ -26,7 +26,7 @@ from cost_models.comm_terms import (
 )
 from cost_models.compute import layer_times, logits_time_s, selective_recompute_s
 from cost_models.flops import model_flops_per_token
-from cost_models.memory import OPTIMIZER_BYTES, memory_breakdown, stage_param_counts
+from cost_models.memory import memory_breakdown, stage_param_counts
 from cost_models.pipeline import stage_layers
 from cost_models.placement import group_ranks_per_node
 from cost_models.plan_arrays import PRECISION_CODES, PlanArrays, from_plans
@@ -122,7 +122,7 @@ def estimate_batch(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays) ->
     step = sum(terms.values())
     tokens = plans.global_batch_size * model.seq_len
     flops = model_flops_per_token(model) * tokens
-    peaks = np.array([cluster.gpu.peak_flops(p) if _has(cluster, p) else np.nan
+    peaks = np.array([cluster.gpu.dense_peak_flops(p) or np.nan
                       for p in PRECISION_CODES])[plans.precision]
     gpus = plans.num_gpus
     memory = memory_breakdown(model, plans)
@@ -130,11 +130,6 @@ def estimate_batch(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays) ->
                          mfu=flops / (step * gpus * peaks), tokens_per_s=tokens / step,
                          model_tflops_per_gpu=flops / step / gpus / 1e12,
                          peak_memory_bytes=sum(memory.values()), memory_bytes=memory)
-
-
-def _has(cluster: ClusterSpec, precision) -> bool:
-    return {"fp16": cluster.gpu.peak_fp16_flops, "bf16": cluster.gpu.peak_bf16_flops,
-            "fp8": cluster.gpu.peak_fp8_flops}[str(precision)] > 0
 
 
 def infeasible_reason(memory: dict[str, float], capacity_bytes: float) -> str | None:
@@ -162,5 +157,3 @@ def estimate(model: ModelSpec, cluster: ClusterSpec, plan: Plan) -> Estimate:
         memory_breakdown_bytes=memory, memory_capacity_bytes=float(cluster.gpu.memory_bytes),
         infeasible_reason=infeasible_reason(memory, cluster.gpu.memory_bytes))
 
-
-__all__ = ["BatchEstimate", "estimate", "estimate_batch", "TIME_TERMS", "OPTIMIZER_BYTES"]

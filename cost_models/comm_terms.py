@@ -116,9 +116,10 @@ def dp_comm_s(model: ModelSpec, plans: PlanArrays, k: dict, cluster: ClusterSpec
     k_edp = np.minimum(np.maximum(cluster.gpus_per_node // plans.ep, 1), edp)
     groups = ((dense, plans.dp * plans.cp, k["dp_cp"]), (experts, edp, k_edp))
     grad_s, weight_s = 0.0, 0.0
-    rail = np.where(plans.zero == 3, float(cluster.gpus_per_node), np.nan)
+    gpn = float(cluster.gpus_per_node)
     for count, n, kk in groups:
-        shared = np.where(np.isnan(rail), cluster.gpus_per_node / np.maximum(kk, 1), rail)
+        # Groups sharing a node's NICs: every GPU's own (ZeRO-3, rail-bound) or the default.
+        shared = np.where(plans.zero == 3, gpn, gpn / np.maximum(kk, 1))
         ar = collective_time_s(AR, count * grad_b, n, kk, cluster)
         rs = collective_time_s(RS, count * grad_b, n, kk, cluster, groups_per_node=shared)
         ag = collective_time_s(AG, count * WEIGHT_BYTES, n, kk, cluster,

@@ -8,6 +8,8 @@ logits of the last stage; a documented allowance for the allocator and framework
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from cost_models.params import (
@@ -132,8 +134,6 @@ def activation_bytes(model: ModelSpec, plans: PlanArrays) -> np.ndarray:
 
 
 def _no_recompute(model: ModelSpec, plans: PlanArrays) -> np.ndarray:
-    from dataclasses import replace
-
     plain = replace(plans, recompute=np.zeros_like(plans.recompute))
     return layer_activation_bytes_per_token(model, plain, model.is_moe)
 

@@ -153,9 +153,13 @@ class GpuSpec:
         _require(self.peak_bf16_flops >= 0 and self.peak_fp8_flops >= 0,
                  f"{owner}: peak FLOP/s must be >= 0 (0: not supported)")
 
-    def peak_flops(self, precision: Precision) -> float:
-        peak = {Precision.FP16: self.peak_fp16_flops, Precision.BF16: self.peak_bf16_flops,
+    def dense_peak_flops(self, precision: Precision) -> float:
+        """Dense peak FLOP/s at `precision`; 0 when the GPU has no such tensor cores."""
+        return {Precision.FP16: self.peak_fp16_flops, Precision.BF16: self.peak_bf16_flops,
                 Precision.FP8: self.peak_fp8_flops}[Precision(precision)]
+
+    def peak_flops(self, precision: Precision) -> float:
+        peak = self.dense_peak_flops(precision)
         _require(peak > 0, f"gpu {self.name!r} has no {precision} tensor cores; "
                            "use --precision bf16 or fp16")
         return peak

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from tuner.plan_io import train_days
 from tuner.search import Ranked, exhaustive_best
 from tuner.space import Space
 
@@ -29,10 +30,6 @@ class Alternative:
 def candidate_counts(num_gpus: int) -> list[int]:
     counts = {num_gpus // q * q for q in ROUNDINGS}
     return sorted(c for c in counts if MIN_FRACTION * num_gpus <= c < num_gpus)
-
-
-def train_days(tokens_budget: float, tokens_per_s: float) -> float:
-    return tokens_budget / tokens_per_s / 86_400.0
 
 
 def faster_gpu_counts(space: Space, headroom: float, tokens_budget: float,

@@ -13,8 +13,8 @@ from cost_models.gemm_curve import curve_for
 from cost_models.params import count_parameters
 from cost_models.specs import ClusterSpec, ModelSpec, Precision, SpecError
 from tuner import options as opt
-from tuner.alternatives import faster_gpu_counts, other_batch, train_days
-from tuner.plan_io import make_provenance, plan_document, save_plan
+from tuner.alternatives import faster_gpu_counts, other_batch
+from tuner.plan_io import make_provenance, plan_document, save_plan, train_days
 from tuner.report import alternatives_block, batch_block, best_block, header, runners_up
 from tuner.search import Ranked, collect, make_sampler, recover_stale_trials, run_study
 from tuner.space import Knobs, Space, check_space, layouts

@@ -84,12 +84,18 @@ def spec_dict(spec: object) -> dict[str, object]:
     return {f.name: _plain(getattr(spec, f.name)) for f in dataclasses.fields(spec)}
 
 
+def train_days(tokens_budget: float, tokens_per_s: float) -> float:
+    """Days to process `tokens_budget` tokens at `tokens_per_s` (the one formula)."""
+    return tokens_budget / tokens_per_s / SECONDS_PER_DAY
+
+
 def time_to_train(tokens_budget: float, tokens_per_s: float, num_gpus: int) -> dict[str, object]:
     """Wall time and GPU-hours to process `tokens_budget` tokens at `tokens_per_s`."""
     if tokens_per_s <= 0 or not math.isfinite(tokens_per_s):
         return {"tokens": tokens_budget, "seconds": None, "days": None, "gpu_hours": None}
-    seconds = tokens_budget / tokens_per_s
-    return {"tokens": tokens_budget, "seconds": seconds, "days": seconds / SECONDS_PER_DAY,
+    days = train_days(tokens_budget, tokens_per_s)
+    seconds = days * SECONDS_PER_DAY
+    return {"tokens": tokens_budget, "seconds": seconds, "days": days,
             "gpu_hours": seconds * num_gpus / 3600.0}
 
 
@@ -115,10 +121,10 @@ def failures_block(model: ModelSpec, plan: Plan, estimate: Estimate,
                    tokens_budget: float) -> dict[str, object]:
     """Expected time to train with failures and checkpoints (cost_models.goodput)."""
     g = goodput(plan.num_gpus, count_parameters(model))
-    seconds = tokens_budget / float(estimate.tokens_per_s) / max(g.goodput, 1e-9)
+    days = train_days(tokens_budget, float(estimate.tokens_per_s)) / max(g.goodput, 1e-9)
     return {"job_mtbf_s": g.job_mtbf_s, "checkpoint_s": g.checkpoint_s,
             "checkpoint_interval_s": g.checkpoint_interval_s, "goodput": g.goodput,
-            "days_with_failures": seconds / SECONDS_PER_DAY}
+            "days_with_failures": days}
 
 
 def cluster_block(cluster: ClusterSpec) -> dict[str, object]:

@@ -7,7 +7,8 @@ import textwrap
 from cost_models.goodput import goodput
 from cost_models.params import count_parameters
 from cost_models.specs import ClusterSpec, ModelSpec, Plan
-from tuner.alternatives import Alternative, train_days
+from tuner.alternatives import Alternative
+from tuner.plan_io import train_days
 from tuner.search import Ranked, best_per_layout
 
 GB = 1e9
