@@ -245,7 +245,9 @@ def _sweep(comm, cfg, done, node_of_rank, writer, path) -> int:
 
 def _report_failure(comm, exc: Exception, progress: dict, writer, path: str) -> int:
     who = comm.heartbeat.diagnose() if comm.heartbeat is not None else "a peer rank failed"
-    message = (f"{who}; rank {comm.rank} saw {type(exc).__name__} during {progress['point']}; "
+    detail = (str(exc).strip().splitlines() or [""])[0][:200]
+    message = (f"{who}; rank {comm.rank} saw {type(exc).__name__}"
+               f"{': ' + detail if detail else ''} during {progress['point']}; "
                f"{progress['kept']} measurements are kept in {path}: run again with --resume")
     if writer is not None:
         writer.write_error(message, comm.rank)

@@ -101,10 +101,10 @@ def _torch_call(collective: Collective) -> Callable:
         dist.all_reduce(recv, group=group)
 
     def all_gather(send, recv, group, ranks, index, p2p):
-        dist.all_gather_single(recv, send, group=group)
+        dist.all_gather_into_tensor(recv, send, group=group)
 
     def reduce_scatter(send, recv, group, ranks, index, p2p):
-        dist.reduce_scatter_single(recv, send, group=group)
+        dist.reduce_scatter_tensor(recv, send, group=group)
 
     def all_to_all(send, recv, group, ranks, index, p2p):
         dist.all_to_all_single(recv, send, group=group)

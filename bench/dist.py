@@ -271,7 +271,7 @@ class Heartbeat:
         stuck = [r for r, s in enumerate(steps) if (s or 0) < top]
         if stuck:
             return f"rank {', '.join(map(str, stuck))} hangs (alive but stuck before step {top})"
-        return "no rank is dead or behind; a peer connection failed"
+        return "no rank is dead or behind"
 
     def stop(self) -> None:
         self._stop.set()

@@ -9,7 +9,11 @@ The four linear layers of a GPT block split by tensor parallelism tp (Shoeybi et
 arXiv:1909.08053 Sec. 3): qkv h -> 3h/tp, proj h/tp -> h, fc1 h -> 4h/tp, fc2 4h/tp -> h,
 each a product C[m,n] = A[m,k] @ B[k,n] with m = tokens. Timing: CUDA events around each
 run, the median of --iters runs after --warmup runs (perf_counter on CPU);
-tflops = 2*m*k*n / time.
+tflops = 2*m*k*n / time. `--precision fp8` times the same shapes as FP8 (e4m3) products with
+per-tensor scales and a bf16 output (`torch._scaled_mm`, the kernel Transformer Engine's
+per-tensor scaling uses on Hopper); `--shapes` adds explicit m x k x n products (e.g. the
+small per-expert products of MoE layers). Each product's relative error against a float32
+product of the same inputs is kept in `rel_err` (bf16 ~1e-3, fp8 ~5e-2).
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ import tempfile
 import time
 
 EXIT_USAGE = 2
-GEMM_COLUMNS = ("m", "k", "n", "what", "hidden", "tp", "tflops", "time_s")
+GEMM_COLUMNS = ("m", "k", "n", "what", "hidden", "tp", "tflops", "time_s", "precision",
+                "rel_err")
 LAYER_COLUMNS = ("hidden", "heads", "tp", "tokens", "micro_batch", "fwd_s", "fwd_bwd_s",
                  "flops", "tflops")
 
@@ -55,16 +60,44 @@ def median_time_s(fn, warmup: int, iters: int, device) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def gemm_rows(hiddens, tps, tokens, dtype, device, warmup, iters):
+def shape_list(hiddens, tps, tokens, extra) -> list[tuple]:
+    """(what, hidden, tp, m, k, n) of every product to time: the block GEMMs, then `extra`."""
+    shapes = [(what, h, tp, m, k, n) for h, tp, m in itertools.product(hiddens, tps, tokens)
+              for what, k, n in block_gemms(h, tp)]
+    return shapes + [("custom", "", "", m, k, n) for m, k, n in extra]
+
+
+def product_fn(a, b, precision: str):
+    """A closure running one product of a @ b in `precision`, and its bf16/fp32 result."""
     import torch
 
-    for h, tp, m in itertools.product(hiddens, tps, tokens):
-        for what, k, n in block_gemms(h, tp):
-            a = torch.randn(m, k, dtype=dtype, device=device)
-            b = torch.randn(k, n, dtype=dtype, device=device)
-            t = median_time_s(lambda: torch.matmul(a, b), warmup, iters, device)
-            yield {"m": m, "k": k, "n": n, "what": what, "hidden": h, "tp": tp,
-                   "tflops": round(2 * m * k * n / t / 1e12, 3), "time_s": t}
+    if precision == "fp8":
+        a8 = a.to(torch.float8_e4m3fn)
+        b8 = b.t().contiguous().to(torch.float8_e4m3fn).t()  # column-major, as cuBLASLt wants
+        one = torch.ones((), dtype=torch.float32, device=a.device)
+        return lambda: torch._scaled_mm(a8, b8, scale_a=one, scale_b=one,
+                                        out_dtype=torch.bfloat16)
+    return lambda: torch.matmul(a, b)
+
+
+def relative_error(out, a, b) -> float:
+    """||out - ref|| / ||ref|| against a float32 product of the same inputs."""
+    ref = a.float() @ b.float()
+    return float((out.float() - ref).norm() / ref.norm())
+
+
+def gemm_rows(shapes, precisions, dtype, device, warmup, iters):
+    import torch
+
+    for (what, h, tp, m, k, n), precision in itertools.product(shapes, precisions):
+        a = torch.randn(m, k, dtype=dtype, device=device)
+        b = torch.randn(k, n, dtype=dtype, device=device)
+        fn = product_fn(a, b, precision)
+        err = relative_error(fn(), a, b)
+        t = median_time_s(fn, warmup, iters, device)
+        yield {"m": m, "k": k, "n": n, "what": what, "hidden": h, "tp": tp,
+               "tflops": round(2 * m * k * n / t / 1e12, 3), "time_s": t,
+               "precision": precision, "rel_err": round(err, 5)}
 
 
 def layer_flops(hidden: int, tp: int, tokens: int, seq: int) -> float:
@@ -134,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", default="4096,8192,12288,16384,25600")
     p.add_argument("--tp", default="1,2,4,8")
     p.add_argument("--tokens", default="2048,4096,8192")
+    p.add_argument("--shapes", default="", help="extra products: MxKxN[,MxKxN...]")
+    p.add_argument("--precision", default="bf16", help="bf16, fp8 or both: bf16,fp8")
+    p.add_argument("--layer-seq", type=int, default=0,
+                   help="sequence length of the layer benchmark (default: smallest --tokens)")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--smoke", action="store_true", help="tiny float32 shapes on the CPU")
@@ -156,16 +193,26 @@ def main(argv: list[str] | None = None) -> int:
     else:
         device, dtype = torch.device("cuda"), torch.bfloat16
     try:
-        hiddens, tps, tokens = (tuple(int(v) for v in s.split(","))
+        hiddens, tps, tokens = (tuple(int(v) for v in s.split(",") if v)
                                 for s in (args.hidden, args.tp, args.tokens))
+        extra = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",") if s]
     except ValueError:
-        print("gemm: error: --hidden/--tp/--tokens take comma lists of integers",
+        print("gemm: error: --hidden/--tp/--tokens take comma lists of integers, --shapes "
+              "a comma list of MxKxN", file=sys.stderr)
+        return EXIT_USAGE
+    precisions = [p for p in args.precision.split(",") if p]
+    if any(p not in ("bf16", "fp8") for p in precisions) or any(len(e) != 3 for e in extra):
+        print("gemm: error: --precision takes bf16 and/or fp8; --shapes items are MxKxN",
               file=sys.stderr)
         return EXIT_USAGE
+    if "fp8" in precisions and device.type != "cuda":
+        print("gemm: error: fp8 products need a CUDA GPU (Hopper or newer)", file=sys.stderr)
+        return EXIT_USAGE
     write_csv(args.output, GEMM_COLUMNS,
-              gemm_rows(hiddens, tps, tokens, dtype, device, args.warmup, args.iters))
+              gemm_rows(shape_list(hiddens, tps, tokens, extra), precisions, dtype, device,
+                        args.warmup, args.iters))
     if args.layer_output:
-        seq = min(tokens)
+        seq = args.layer_seq or min(tokens)
         rows = (layer_row(h, max(h // 128, 8), tp, seq, 1, dtype, device, args.warmup,
                           args.iters) for h in hiddens for tp in tps)
         write_csv(args.layer_output, LAYER_COLUMNS, rows)

@@ -24,7 +24,12 @@ from cost_models.comm_terms import (
     pp_comm_s,
     tp_comm_per_layer_s,
 )
-from cost_models.compute import layer_times, logits_time_s, selective_recompute_s
+from cost_models.compute import (
+    layer_times,
+    logits_time_s,
+    memory_bound_time_s,
+    selective_recompute_s,
+)
 from cost_models.flops import model_flops_per_token
 from cost_models.memory import memory_breakdown, stage_param_counts
 from cost_models.pipeline import stage_layers
@@ -104,7 +109,7 @@ def _optimizer_s(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays) -> n
     edp = np.maximum(plans.tp * plans.cp * plans.dp // plans.ep, 1)
     local = np.where(plans.zero >= 1, dense / (plans.dp * plans.cp) + experts / edp,
                      dense + experts)
-    return local * OPTIMIZER_STEP_BYTES_PER_PARAM / cluster.gpu.hbm_bandwidth_bytes_per_s
+    return memory_bound_time_s(local * OPTIMIZER_STEP_BYTES_PER_PARAM, cluster.gpu)
 
 
 def estimate_batch(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays) -> BatchEstimate:

@@ -74,6 +74,8 @@ def fit_gemm_curve(path: Path = H100_GEMM_CSV,
     import pandas as pd
 
     rows = pd.read_csv(path)
+    if "precision" in rows.columns:  # bench.gemm files may hold fp8 rows too
+        rows = rows[rows["precision"].fillna("bf16") == "bf16"]
     m, k, n, t = (rows[c].to_numpy(float) for c in ("m", "k", "n", "time_s"))
     best = None
     for k_half in np.geomspace(1.0, 4096.0, 400):

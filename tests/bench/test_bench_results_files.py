@@ -1,4 +1,4 @@
-"""The measured files kept in results/bench/ are readable, correct, and their busbw is the
+"""The measured files kept in results/bench/ and results/gpu/ are readable, correct, and their busbw is the
 nccl-tests formula applied to their own times (no drift between definitions)."""
 
 from pathlib import Path
@@ -7,7 +7,8 @@ import pytest
 
 from bench.records import Collective, read_results
 
-FILES = sorted((Path(__file__).resolve().parents[2] / "results" / "bench").glob("*.jsonl"))
+RESULTS = Path(__file__).resolve().parents[2] / "results"
+FILES = sorted([*(RESULTS / "bench").glob("*.jsonl"), *(RESULTS / "gpu").glob("*.jsonl")])
 # nccl-tests doc/PERFORMANCE.md, written out again independently of bench.records.
 FACTOR = {Collective.ALL_REDUCE: lambda n: 2 * (n - 1) / n, Collective.BROADCAST: lambda n: 1,
           Collective.SEND_RECV: lambda n: 1}

@@ -39,3 +39,29 @@ def test_gemm_benchmark_feeds_the_compute_curve(tmp_path):
     curve, errors = fit_gemm_curve(out, peak or 1e15)
     assert 0.05 < curve.max_fraction < 1.5
     assert abs(errors).mean() < 0.25
+
+
+def test_fp8_products_are_faster_and_close_to_bf16(tmp_path):
+    import pandas as pd
+
+    out = tmp_path / "gemm.csv"
+    subprocess.run([sys.executable, "-m", "bench.gemm", "-o", str(out), "--hidden", "8192",
+                    "--tp", "1", "--tokens", "8192", "--precision", "bf16,fp8"], cwd=REPO,
+                   check=True, timeout=600)
+    rows = pd.read_csv(out).pivot_table(index=["m", "k", "n"], columns="precision",
+                                        values=["time_s", "rel_err"])
+    assert (rows["rel_err"]["bf16"] < 1e-2).all() and (rows["rel_err"]["fp8"] < 0.1).all()
+    assert (rows["time_s"]["fp8"] < rows["time_s"]["bf16"]).all()
+
+
+def test_attention_backends_run_and_match_float64(tmp_path):
+    import pandas as pd
+
+    out = tmp_path / "attention.csv"
+    subprocess.run([sys.executable, "-m", "bench.kernels", "attention", "-o", str(out),
+                    "--backends", "flash,cudnn", "--heads", "16", "--seqs", "4096"], cwd=REPO,
+                   check=True, timeout=600)
+    rows = pd.read_csv(out)
+    assert set(rows["backend"]) == {"flash", "cudnn"}
+    assert (rows["rel_err"] < 2e-2).all()
+    assert ((rows["fwd_bwd_tflops"] > 50) & (rows["fwd_bwd_tflops"] < 1000)).all()

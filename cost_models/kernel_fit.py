@@ -1,0 +1,122 @@
+"""The compute constants of the cost model, derived from the GPU kernel measurements, and the
+model checked against a measured transformer layer.
+
+    python -m cost_models.kernel_fit results/gpu        # the files bench.gemm/bench.kernels wrote
+
+prints FP8_GEMM_SPEEDUP (from the bf16/fp8 products), the attention fraction of peak (from
+the attention core), MEMORY_BOUND_FRACTION (from the element-wise passes) and, for every
+measured layer, the predicted forward+backward time against the measured one. The constants
+in cost_models/compute.py cite the figures this prints for results/gpu/ (one H100 SXM);
+tests/cost_models/test_kernel_fit.py re-derives them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cost_models.flops import FLASH_BACKWARD_FACTOR
+
+STREAMING_OPS = ("copy", "add", "gelu", "layer_norm")  # silu_mul reads strided halves
+ATTENTION_BACKEND = "cudnn"  # what Transformer Engine runs on Hopper
+
+
+def fp8_speedup(gemm: pd.DataFrame) -> pd.Series:
+    """BF16 time / FP8 time of each shape measured in both precisions."""
+    times = gemm.pivot_table(index=["m", "k", "n"], columns="precision", values="time_s")
+    return (times["bf16"] / times["fp8"]).dropna()
+
+
+def attention_fit(attention: pd.DataFrame, peak_flops: float,
+                  backend: str = ATTENTION_BACKEND) -> tuple[float, float, np.ndarray]:
+    """Least squares (relative error) of fwd+bwd time = (1 + FLASH_BACKWARD_FACTOR) x forward
+    FLOPs / (fraction x peak) + fixed_s; returns (fraction, fixed_s, relative errors)."""
+    rows = attention[attention["backend"] == backend]
+    work = (1 + FLASH_BACKWARD_FACTOR) * rows["fwd_flops"].to_numpy(float) / peak_flops
+    t = rows["fwd_bwd_s"].to_numpy(float)
+    design = np.column_stack([work / t, 1 / t])
+    (inv_fraction, fixed_s), *_ = np.linalg.lstsq(design, np.ones_like(t), rcond=None)
+    return 1 / inv_fraction, fixed_s, design @ [inv_fraction, fixed_s] - 1
+
+
+def memory_bound_fraction(elementwise: pd.DataFrame, hbm_bytes_per_s: float) -> float:
+    """Median achieved share of HBM bandwidth over the streaming element-wise passes."""
+    rows = elementwise[elementwise["op"].isin(STREAMING_OPS)]
+    return float(np.median(rows["bytes"] / rows["time_s"] / hbm_bytes_per_s))
+
+
+def layer_spec(hidden: int, heads: int, seq: int):
+    """The layer bench.gemm times: pre-LN attention + GELU MLP of width 4h, MHA."""
+    from cost_models.specs import ModelSpec
+
+    return ModelSpec(name=f"layer-h{hidden}", num_layers=1, hidden_size=hidden,
+                     ffn_hidden_size=4 * hidden, num_heads=heads, num_kv_heads=heads,
+                     seq_len=seq, vocab_size=32000)
+
+
+def layer_check(layers: pd.DataFrame, cluster) -> pd.DataFrame:
+    """Predicted vs measured forward+backward seconds of each measured layer (one TP rank's
+    share, no communication, no recompute, flash attention, BF16)."""
+    from cost_models.compute import layer_times
+    from cost_models.plan_arrays import from_plans
+    from cost_models.specs import Plan
+
+    out = []
+    for r in layers.itertuples():
+        seq = r.tokens // r.micro_batch
+        plan = Plan(tp=r.tp, micro_batch_size=r.micro_batch, global_batch_size=r.micro_batch)
+        times = layer_times(layer_spec(r.hidden, r.heads, seq), cluster, from_plans([plan]),
+                            moe=False)
+        pred = float((times.forward_s + times.backward_s)[0])
+        out.append({"hidden": r.hidden, "tp": r.tp, "seq": seq, "measured_s": r.fwd_bwd_s,
+                    "predicted_s": pred, "err_pct": 100 * (pred / r.fwd_bwd_s - 1)})
+    return pd.DataFrame(out)
+
+
+def report(folder: Path, cluster) -> str:
+    gpu = cluster.gpu
+    speed = fp8_speedup(pd.read_csv(folder / "gemm_h100.csv"))
+    fraction, fixed_s, att_err = attention_fit(pd.read_csv(folder / "attention_h100.csv"),
+                                               gpu.peak_bf16_flops)
+    mem = memory_bound_fraction(pd.read_csv(folder / "elementwise_h100.csv"),
+                                gpu.hbm_bandwidth_bytes_per_s)
+    layers = layer_check(pd.concat([pd.read_csv(p) for p in sorted(folder.glob("layer_*.csv"))]),
+                         cluster)
+    q1, q3 = speed.quantile([0.25, 0.75])
+    return "\n".join([
+        f"FP8_GEMM_SPEEDUP: median {speed.median():.3f} over {len(speed)} shapes "
+        f"(quartiles {q1:.2f}-{q3:.2f})",
+        f"attention ({ATTENTION_BACKEND}): fraction of peak {fraction:.3f}, fixed "
+        f"{fixed_s * 1e6:.0f} us per layer fwd+bwd; fit error mean "
+        f"{100 * np.abs(att_err).mean():.1f}%, max {100 * np.abs(att_err).max():.1f}%",
+        f"MEMORY_BOUND_FRACTION: median {mem:.3f} of {gpu.hbm_bandwidth_bytes_per_s / 1e12:.2f}"
+        f" TB/s over {', '.join(STREAMING_OPS)}",
+        "layer forward+backward, model vs measured:",
+        layers.to_string(index=False, float_format=lambda v: f"{v:.5g}"),
+        f"layer error: mean |err| {layers.err_pct.abs().mean():.1f}%, median "
+        f"{layers.err_pct.abs().median():.1f}%, max {layers.err_pct.abs().max():.1f}%"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    from cost_models.catalog_clusters import dgx_h100
+
+    p = argparse.ArgumentParser(prog="python -m cost_models.kernel_fit",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("folder", type=Path, help="folder with gemm_h100.csv, attention_h100.csv, "
+                   "elementwise_h100.csv and layer_*.csv")
+    args = p.parse_args(argv)
+    try:
+        print(report(args.folder, dgx_h100()))
+    except (OSError, KeyError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        print(f"kernel_fit: error: cannot read the measurements in {args.folder}: {exc}",
+              file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""The compute constants are the figures the kept GPU measurements give (results/gpu/, one
+H100 SXM), and the compute model predicts the measured transformer layers."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cost_models import compute
+from cost_models.catalog_clusters import dgx_h100
+from cost_models.kernel_fit import (
+    attention_fit,
+    fp8_speedup,
+    layer_check,
+    main,
+    memory_bound_fraction,
+)
+
+GPU_RESULTS = Path(__file__).resolve().parents[2] / "results" / "gpu"
+H100 = dgx_h100().gpu
+
+
+def read(name: str) -> pd.DataFrame:
+    return pd.read_csv(GPU_RESULTS / name)
+
+
+def test_fp8_speedup_is_the_measured_median():
+    speed = fp8_speedup(read("gemm_h100.csv"))
+    assert len(speed) > 100
+    assert speed.median() == pytest.approx(compute.FP8_GEMM_SPEEDUP, abs=0.01)
+
+
+def test_attention_fraction_is_the_measured_fit():
+    fraction, fixed_s, errors = attention_fit(read("attention_h100.csv"), H100.peak_bf16_flops)
+    assert fraction == pytest.approx(compute.ATTENTION_FRACTION, abs=0.001)
+    assert 0 < fixed_s < 1e-3 and abs(errors).max() < 0.1
+
+
+def test_memory_bound_fraction_is_the_measured_median():
+    fraction = memory_bound_fraction(read("elementwise_h100.csv"), H100.hbm_bandwidth_bytes_per_s)
+    assert fraction == pytest.approx(compute.MEMORY_BOUND_FRACTION, abs=0.005)
+
+
+def test_model_predicts_measured_layers():
+    layers = pd.concat([read("layer_h100_s2048.csv"), read("layer_h100_s8192.csv")])
+    check = layer_check(layers, dgx_h100())
+    assert len(check) == 26
+    assert check.err_pct.abs().median() < 6.0
+    # all but the smallest layer (1.6 ms: eager PyTorch's kernel launches dominate) within 20%
+    big = check[check.measured_s > 2e-3]
+    assert big.err_pct.abs().max() < 20.0
+
+
+def test_unreadable_folder_is_one_line(tmp_path, capsys):
+    (tmp_path / "gemm_h100.csv").write_text("m,k\n1,2\n")
+    assert main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot read" in err
