@@ -26,11 +26,11 @@ import sys
 import tempfile
 import time
 
+from bench.layer import LAYER_COLUMNS, layer_row, parse_layer_specs
+
 EXIT_USAGE = 2
 GEMM_COLUMNS = ("m", "k", "n", "what", "hidden", "tp", "tflops", "time_s", "precision",
                 "rel_err")
-LAYER_COLUMNS = ("hidden", "heads", "tp", "tokens", "micro_batch", "fwd_s", "fwd_bwd_s",
-                 "flops", "tflops")
 
 
 def block_gemms(hidden: int, tp: int) -> list[tuple[str, int, int]]:
@@ -100,45 +100,6 @@ def gemm_rows(shapes, precisions, dtype, device, warmup, iters):
                "precision": precision, "rel_err": round(err, 5)}
 
 
-def layer_flops(hidden: int, tp: int, tokens: int, seq: int) -> float:
-    """Forward + backward FLOPs of one GPT layer on one TP rank: 3x forward, forward =
-    24*t*h^2/tp (four GEMMs) + 4*t*seq*h/tp (attention scores and values); Narayanan et al.
-    2021 (arXiv:2104.04473) eq. 3 per layer, without recompute."""
-    return 3 * (24 * tokens * hidden**2 + 4 * tokens * seq * hidden) / tp
-
-
-def layer_row(hidden, heads, tp, seq, micro_batch, dtype, device, warmup, iters) -> dict:
-    """One transformer layer (pre-LN attention + GELU MLP, TP-sharded widths) fwd + bwd."""
-    import torch
-    import torch.nn.functional as F
-
-    h, hh = hidden, heads // tp
-    hd = h // heads
-    w = {name: (torch.randn(*shape, dtype=dtype, device=device) * 0.02).requires_grad_()
-         for name, shape in (("qkv", (h, 3 * hh * hd)), ("proj", (hh * hd, h)),
-                             ("fc1", (h, 4 * h // tp)), ("fc2", (4 * h // tp, h)))}
-    x = torch.randn(micro_batch, seq, h, dtype=dtype, device=device, requires_grad=True)
-
-    def forward():
-        y = F.layer_norm(x, (h,))
-        q, k, v = (y @ w["qkv"]).view(micro_batch, seq, 3, hh, hd).unbind(2)
-        a = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
-                                           v.transpose(1, 2), is_causal=True)
-        z = x + a.transpose(1, 2).reshape(micro_batch, seq, hh * hd) @ w["proj"]
-        return z + F.gelu(F.layer_norm(z, (h,)) @ w["fc1"]) @ w["fc2"]
-
-    def fwd_bwd():
-        forward().sum().backward()
-
-    with torch.no_grad():
-        fwd = median_time_s(forward, warmup, iters, device)
-    both = median_time_s(fwd_bwd, warmup, iters, device)
-    flops = layer_flops(h, tp, micro_batch * seq, seq)
-    return {"hidden": h, "heads": heads, "tp": tp, "tokens": micro_batch * seq,
-            "micro_batch": micro_batch, "fwd_s": fwd, "fwd_bwd_s": both, "flops": flops,
-            "tflops": round(flops / both / 1e12, 3)}
-
-
 def write_csv(path: str, columns, rows) -> int:
     """Write rows to a temporary file, then os.replace: never a half-written CSV."""
     folder = os.path.dirname(path) or "."
@@ -171,10 +132,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="bf16", help="bf16, fp8 or both: bf16,fp8")
     p.add_argument("--layer-seq", type=int, default=0,
                    help="sequence length of the layer benchmark (default: smallest --tokens)")
+    p.add_argument("--layer-specs", default="",
+                   help="layers to time instead of GPT ones (h x 128-dim heads, GELU 4h): "
+                        "HIDDEN/HEADS/KV_HEADS/FFN/MLP[,...], MLP gelu or swiglu")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--smoke", action="store_true", help="tiny float32 shapes on the CPU")
     return p
+
+
+def parse_inputs(args, device) -> tuple:
+    """(hiddens, tps, tokens, extra shapes, precisions, layer specs); ValueError(message)."""
+    try:
+        hiddens, tps, tokens = (tuple(int(v) for v in s.split(",") if v)
+                                for s in (args.hidden, args.tp, args.tokens))
+        extra = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",") if s]
+    except ValueError:
+        raise ValueError("--hidden/--tp/--tokens take comma lists of integers, --shapes a "
+                         "comma list of MxKxN") from None
+    precisions = [p for p in args.precision.split(",") if p]
+    if any(p not in ("bf16", "fp8") for p in precisions) or any(len(e) != 3 for e in extra):
+        raise ValueError("--precision takes bf16 and/or fp8; --shapes items are MxKxN")
+    if "fp8" in precisions and device.type != "cuda":
+        raise ValueError("fp8 products need a CUDA GPU (Hopper or newer)")
+    try:
+        specs = parse_layer_specs(args.layer_specs, hiddens)
+    except ValueError:
+        raise ValueError("--layer-specs items are HIDDEN/HEADS/KV_HEADS/FFN/gelu|swiglu") \
+            from None
+    if args.layer_output and not (args.layer_seq or tokens):
+        raise ValueError("the layer benchmark needs --layer-seq or --tokens")
+    return hiddens, tps, tokens, extra, precisions, specs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,28 +181,17 @@ def main(argv: list[str] | None = None) -> int:
     else:
         device, dtype = torch.device("cuda"), torch.bfloat16
     try:
-        hiddens, tps, tokens = (tuple(int(v) for v in s.split(",") if v)
-                                for s in (args.hidden, args.tp, args.tokens))
-        extra = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",") if s]
-    except ValueError:
-        print("gemm: error: --hidden/--tp/--tokens take comma lists of integers, --shapes "
-              "a comma list of MxKxN", file=sys.stderr)
-        return EXIT_USAGE
-    precisions = [p for p in args.precision.split(",") if p]
-    if any(p not in ("bf16", "fp8") for p in precisions) or any(len(e) != 3 for e in extra):
-        print("gemm: error: --precision takes bf16 and/or fp8; --shapes items are MxKxN",
-              file=sys.stderr)
-        return EXIT_USAGE
-    if "fp8" in precisions and device.type != "cuda":
-        print("gemm: error: fp8 products need a CUDA GPU (Hopper or newer)", file=sys.stderr)
+        hiddens, tps, tokens, extra, precisions, specs = parse_inputs(args, device)
+    except ValueError as exc:
+        print(f"gemm: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     write_csv(args.output, GEMM_COLUMNS,
               gemm_rows(shape_list(hiddens, tps, tokens, extra), precisions, dtype, device,
                         args.warmup, args.iters))
     if args.layer_output:
         seq = args.layer_seq or min(tokens)
-        rows = (layer_row(h, max(h // 128, 8), tp, seq, 1, dtype, device, args.warmup,
-                          args.iters) for h in hiddens for tp in tps)
+        rows = (layer_row(spec, tp, seq, 1, dtype, device, args.warmup, args.iters)
+                for spec in specs for tp in tps if spec.divisible_by(tp))
         write_csv(args.layer_output, LAYER_COLUMNS, rows)
     return 0
 

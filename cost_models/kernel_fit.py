@@ -49,13 +49,23 @@ def memory_bound_fraction(elementwise: pd.DataFrame, hbm_bytes_per_s: float) -> 
     return float(np.median(rows["bytes"] / rows["time_s"] / hbm_bytes_per_s))
 
 
-def layer_spec(hidden: int, heads: int, seq: int):
-    """The layer bench.gemm times: pre-LN attention + GELU MLP of width 4h, MHA."""
+def with_layer_defaults(layers: pd.DataFrame) -> pd.DataFrame:
+    """Files without the kv_heads/ffn/mlp columns hold GPT layers: MHA, GELU MLP of 4h."""
+    defaults = {"kv_heads": layers["heads"], "ffn": 4 * layers["hidden"], "mlp": "gelu"}
+    out = layers.copy()
+    for column, default in defaults.items():
+        out[column] = out[column].fillna(default) if column in out else default
+    return out
+
+
+def layer_spec(row, seq: int):
+    """The ModelSpec of one layer bench.layer timed."""
     from cost_models.specs import ModelSpec
 
-    return ModelSpec(name=f"layer-h{hidden}", num_layers=1, hidden_size=hidden,
-                     ffn_hidden_size=4 * hidden, num_heads=heads, num_kv_heads=heads,
-                     seq_len=seq, vocab_size=32000)
+    return ModelSpec(name=f"layer-h{row.hidden}", num_layers=1, hidden_size=row.hidden,
+                     ffn_hidden_size=int(row.ffn), num_heads=row.heads,
+                     num_kv_heads=int(row.kv_heads), seq_len=seq, vocab_size=32000,
+                     mlp=row.mlp)
 
 
 def layer_check(layers: pd.DataFrame, cluster) -> pd.DataFrame:
@@ -66,13 +76,13 @@ def layer_check(layers: pd.DataFrame, cluster) -> pd.DataFrame:
     from cost_models.specs import Plan
 
     out = []
-    for r in layers.itertuples():
+    for r in with_layer_defaults(layers).itertuples():
         seq = r.tokens // r.micro_batch
         plan = Plan(tp=r.tp, micro_batch_size=r.micro_batch, global_batch_size=r.micro_batch)
-        times = layer_times(layer_spec(r.hidden, r.heads, seq), cluster, from_plans([plan]),
-                            moe=False)
+        times = layer_times(layer_spec(r, seq), cluster, from_plans([plan]), moe=False)
         pred = float((times.forward_s + times.backward_s)[0])
-        out.append({"hidden": r.hidden, "tp": r.tp, "seq": seq, "measured_s": r.fwd_bwd_s,
+        out.append({"hidden": r.hidden, "mlp": r.mlp, "tp": r.tp, "seq": seq,
+                    "measured_s": r.fwd_bwd_s,
                     "predicted_s": pred, "err_pct": 100 * (pred / r.fwd_bwd_s - 1)})
     return pd.DataFrame(out)
 

@@ -37,6 +37,9 @@ step gemm_moe 120 python3 -m bench.gemm --precision bf16,fp8 --hidden "" --tp ""
   -o "$D/gemm_moe_h100.csv"
 step layer_s8192 240 python3 -m bench.gemm --hidden 4096,8192,16384 --tp 1,8 --tokens 8192 \
   -o "$D/gemm_s8192_h100.csv" --layer-output "$D/layer_h100_s8192.csv"
+step layer_llama 240 python3 -m bench.gemm --hidden "" --tp 1,2,4,8 --tokens "" --layer-seq 8192 \
+  --layer-specs 4096/32/8/14336/swiglu,8192/64/8/28672/swiglu,16384/128/8/53248/swiglu \
+  -o "$D/gemm_none.csv" --layer-output "$D/layer_llama_h100_s8192.csv"
 step attention 240 python3 -m bench.kernels attention --backends flash,cudnn,efficient \
   -o "$D/attention_h100.csv"
 step elementwise 120 python3 -m bench.kernels elementwise -o "$D/elementwise_h100.csv"

@@ -30,6 +30,19 @@ def test_gemm_extra_shapes_and_bad_lists(tmp_path):
         assert not (tmp_path / "x.csv").exists()
 
 
+def test_llama_style_layer_smoke(tmp_path):
+    layer = tmp_path / "l.csv"
+    done = run_module("bench.gemm", "--smoke", "-o", str(tmp_path / "g.csv"), "--layer-output",
+                      str(layer), "--layer-specs", "256/4/2/512/swiglu")
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.DictReader(layer.open()))
+    assert [(r["mlp"], r["kv_heads"], r["tp"]) for r in rows] == [("swiglu", "2", "1"),
+                                                                   ("swiglu", "2", "2")]
+    done = run_module("bench.gemm", "--smoke", "-o", str(tmp_path / "g.csv"), "--layer-output",
+                      str(tmp_path / "x.csv"), "--layer-specs", "256/4/2/512/relu")
+    assert done.returncode == 2 and "--layer-specs" in done.stderr
+
+
 def test_kernel_benchmarks_smoke(tmp_path):
     expected = {"attention": "fwd_bwd_tflops", "elementwise": "gbps", "grouped": "tflops"}
     for kind, column in expected.items():

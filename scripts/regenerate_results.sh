@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Re-make every result file that follows from the cost model (run after changing it), from the
+# repository root; each output starts with the command that made it. Measurements (results/bench,
+# results/gpu) are not re-made here: see their READMEs.
+set -euo pipefail
+run() {  # run OUT CMD...: "$ CMD" then its output, written to OUT in one piece
+  local out=$1; shift
+  { echo "\$ $*"; "$@"; } >"$out.tmp" 2>&1 && mv "$out.tmp" "$out"
+}
+run results/validation/summary.txt autotune validate cost_models/data/published_runs_dev.csv \
+  --out results/validation/preds_dev.csv --report results/validation
+run results/plans/500b_10000_dgx-h100.txt autotune --model 500b --gpus 10000 \
+  --out results/plans/500b_10000_dgx-h100.json --plot results/plans/500b_10000
+run results/plans/500b_9984_dgx-h100.txt autotune --model 500b --gpus 9984 \
+  --out results/plans/500b_9984_dgx-h100.json
+run results/gpu/kernel_fit.txt python -m cost_models.kernel_fit results/gpu
+python scripts/bench_search.py --out results/search/bench_search.txt
+tail -n 3 results/validation/summary.txt results/gpu/kernel_fit.txt
