@@ -165,21 +165,30 @@ def parse_inputs(args, device) -> tuple:
     return hiddens, tps, tokens, extra, precisions, specs
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def select_device(prog: str, smoke: bool):
+    """(device, dtype) to benchmark on: float32 on the CPU for --smoke, else bf16 on the GPU;
+    None (after one line on stderr) where torch or a GPU is missing."""
     try:
         import torch
     except ImportError:
-        print("gemm: error: needs torch (pip install -e '.[bench]')", file=sys.stderr)
+        print(f"{prog}: error: needs torch (pip install -e '.[bench]')", file=sys.stderr)
+        return None
+    if smoke:
+        return torch.device("cpu"), torch.float32
+    if not torch.cuda.is_available():
+        print(f"{prog}: error: no CUDA GPU here; use --smoke for a CPU check", file=sys.stderr)
+        return None
+    return torch.device("cuda"), torch.bfloat16
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    chosen = select_device("gemm", args.smoke)
+    if chosen is None:
         return EXIT_USAGE
+    device, dtype = chosen
     if args.smoke:
         args.hidden, args.tp, args.tokens, args.warmup, args.iters = "256", "1,2", "128", 1, 3
-        device, dtype = torch.device("cpu"), torch.float32
-    elif not torch.cuda.is_available():
-        print("gemm: error: no CUDA GPU here; use --smoke for a CPU check", file=sys.stderr)
-        return EXIT_USAGE
-    else:
-        device, dtype = torch.device("cuda"), torch.bfloat16
     try:
         hiddens, tps, tokens, extra, precisions, specs = parse_inputs(args, device)
     except ValueError as exc:

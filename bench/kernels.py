@@ -23,7 +23,7 @@ import argparse
 import itertools
 import sys
 
-from bench.gemm import EXIT_USAGE, median_time_s, write_csv
+from bench.gemm import EXIT_USAGE, median_time_s, select_device, write_csv
 
 ATTENTION_COLUMNS = ("backend", "batch", "heads", "seq", "head_dim", "fwd_s", "fwd_bwd_s",
                      "fwd_flops", "fwd_tflops", "fwd_bwd_tflops", "rel_err")
@@ -37,6 +37,9 @@ FLASH_BACKWARD_FACTOR = 2.5
 def causal_attention_flops(batch: int, heads: int, seq: int, head_dim: int) -> float:
     """Forward FLOPs of scores and values with a causal mask: 4*b*h*s^2*d / 2."""
     return 4.0 * batch * heads * seq * seq * head_dim / 2
+
+
+BACKEND_NAMES = ("flash", "cudnn", "efficient", "math")
 
 
 def sdpa_backends():
@@ -173,7 +176,7 @@ def parse_lists(args) -> None:
     caller reports the flags."""
     default_rows = "128,256,512,1024,2048" if args.kind == "grouped" else "4096,16384"
     args.backends = [b for b in args.backends.split(",") if b]
-    if any(b not in sdpa_backends() for b in args.backends):
+    if any(b not in BACKEND_NAMES for b in args.backends):
         raise ValueError(args.backends)
     args.heads, args.seqs = ints(args.heads), ints(args.seqs)
     args.rows, args.cols = ints(args.rows or default_rows), ints(args.cols)
@@ -192,25 +195,18 @@ def smoke(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        import torch
-    except ImportError:
-        print("kernels: error: needs torch (pip install -e '.[bench]')", file=sys.stderr)
-        return EXIT_USAGE
-    try:
         parse_lists(args)
     except ValueError:
         print("kernels: error: --heads/--seqs/--rows/--cols/--experts take comma lists of "
               "integers, --kn KxN items, --backends names from flash,cudnn,efficient,math",
               file=sys.stderr)
         return EXIT_USAGE
+    chosen = select_device("kernels", args.smoke)
+    if chosen is None:
+        return EXIT_USAGE
+    device, dtype = chosen
     if args.smoke:
         smoke(args)
-        device, dtype = torch.device("cpu"), torch.float32
-    elif not torch.cuda.is_available():
-        print("kernels: error: no CUDA GPU here; use --smoke for a CPU check", file=sys.stderr)
-        return EXIT_USAGE
-    else:
-        device, dtype = torch.device("cuda"), torch.bfloat16
     columns, rows = KINDS[args.kind]
     write_csv(args.output, columns, rows(args, dtype, device))
     return 0
