@@ -8,7 +8,7 @@ import pytest
 from bench.records import Collective, read_results
 
 RESULTS = Path(__file__).resolve().parents[2] / "results"
-FILES = sorted([*(RESULTS / "bench").glob("*.jsonl"), *(RESULTS / "gpu").glob("*.jsonl")])
+FILES = sorted([*(RESULTS / "bench").rglob("*.jsonl"), *(RESULTS / "gpu").glob("*.jsonl")])
 # nccl-tests doc/PERFORMANCE.md, written out again independently of bench.records.
 FACTOR = {Collective.ALL_REDUCE: lambda n: 2 * (n - 1) / n, Collective.BROADCAST: lambda n: 1,
           Collective.SEND_RECV: lambda n: 1}
