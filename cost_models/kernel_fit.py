@@ -49,6 +49,22 @@ def memory_bound_fraction(elementwise: pd.DataFrame, hbm_bytes_per_s: float) -> 
     return float(np.median(rows["bytes"] / rows["time_s"] / hbm_bytes_per_s))
 
 
+def grouped_rows_half(grouped: pd.DataFrame, peak_flops: float) -> tuple[float, np.ndarray]:
+    """Least squares (relative error) of the grouped kernel's rows factor: measured time =
+    curve time of the summed work x (1 + (half / rows per expert)^2), half on a 0.5-row grid;
+    returns (half, relative errors)."""
+    from cost_models.gemm_curve import H100_BF16_CURVE, gemm_time_s
+
+    rows = grouped[grouped["how"] == "grouped"]
+    m = rows["m_per_expert"].to_numpy(float)
+    one = gemm_time_s(m, rows["k"], rows["n"], peak_flops)
+    work = (one - H100_BF16_CURVE.overhead_s) * rows["experts"].to_numpy(float)
+    t = rows["time_s"].to_numpy(float)
+    fits = [(half, (work * (1 + (half / m) ** 2) + H100_BF16_CURVE.overhead_s) / t - 1)
+            for half in np.arange(0.0, 512.0, 0.5)]
+    return min(fits, key=lambda fit: float(np.sum(fit[1] ** 2)))
+
+
 def with_layer_defaults(layers: pd.DataFrame) -> pd.DataFrame:
     """Files without the kv_heads/ffn/mlp columns hold GPT layers: MHA, GELU MLP of 4h."""
     defaults = {"kv_heads": layers["heads"], "ffn": 4 * layers["hidden"], "mlp": "gelu"}
@@ -94,6 +110,8 @@ def report(folder: Path, cluster) -> str:
                                                gpu.peak_bf16_flops)
     mem = memory_bound_fraction(pd.read_csv(folder / "elementwise_h100.csv"),
                                 gpu.hbm_bandwidth_bytes_per_s)
+    half, grouped_err = grouped_rows_half(pd.read_csv(folder / "grouped_h100.csv"),
+                                          gpu.peak_bf16_flops)
     layers = layer_check(pd.concat([pd.read_csv(p) for p in sorted(folder.glob("layer_*.csv"))]),
                          cluster)
     q1, q3 = speed.quantile([0.25, 0.75])
@@ -105,6 +123,8 @@ def report(folder: Path, cluster) -> str:
         f"{100 * np.abs(att_err).mean():.1f}%, max {100 * np.abs(att_err).max():.1f}%",
         f"MEMORY_BOUND_FRACTION: median {mem:.3f} of {gpu.hbm_bandwidth_bytes_per_s / 1e12:.2f}"
         f" TB/s over {', '.join(STREAMING_OPS)}",
+        f"GROUPED_ROWS_HALF: {half:.1f} rows per expert; grouped products fit within "
+        f"{100 * np.abs(grouped_err).mean():.1f}% mean, {100 * np.abs(grouped_err).max():.1f}% max",
         "layer forward+backward, model vs measured:",
         layers.to_string(index=False, float_format=lambda v: f"{v:.5g}"),
         f"layer error: mean |err| {layers.err_pct.abs().mean():.1f}%, median "

@@ -11,6 +11,7 @@ from cost_models.catalog_clusters import dgx_h100
 from cost_models.kernel_fit import (
     attention_fit,
     fp8_speedup,
+    grouped_rows_half,
     layer_check,
     main,
     memory_bound_fraction,
@@ -39,6 +40,18 @@ def test_attention_fraction_is_the_measured_fit():
 def test_memory_bound_fraction_is_the_measured_median():
     fraction = memory_bound_fraction(read("elementwise_h100.csv"), H100.hbm_bandwidth_bytes_per_s)
     assert fraction == pytest.approx(compute.MEMORY_BOUND_FRACTION, abs=0.005)
+
+
+def test_grouped_rows_half_is_the_measured_fit():
+    half, errors = grouped_rows_half(read("grouped_h100.csv"), H100.peak_bf16_flops)
+    assert half == pytest.approx(compute.GROUPED_ROWS_HALF, abs=0.5)
+    assert abs(errors).mean() < 0.08 and abs(errors).max() < 0.15
+
+
+def test_grouped_kernel_slows_down_only_with_few_rows_per_expert():
+    factor = compute.grouped_rows_factor([128, 512, 2048, 8192])
+    assert factor[0] > 2.0 and factor[1] < 1.1 and factor[3] < 1.001
+    assert list(factor) == sorted(factor, reverse=True)
 
 
 def test_model_predicts_measured_layers():
