@@ -103,6 +103,28 @@ def layer_check(layers: pd.DataFrame, cluster) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def step_check(steps: pd.DataFrame, cluster) -> pd.DataFrame:
+    """Predicted vs measured seconds and peak memory of each measured training step
+    (bench.step: one GPU, plan tp = pp = dp = 1, no recompute, zero 0)."""
+    from cost_models.analytical import estimate
+    from cost_models.specs import ModelSpec, Plan
+
+    out = []
+    for r in steps.itertuples():
+        model = ModelSpec(name="bench-step", num_layers=r.layers, hidden_size=r.hidden,
+                          ffn_hidden_size=r.ffn, num_heads=r.heads, num_kv_heads=r.kv_heads,
+                          seq_len=r.seq, vocab_size=r.vocab, mlp=r.mlp)
+        est = estimate(model, cluster, Plan(global_batch_size=r.micro_batches))
+        out.append({"layers": r.layers, "hidden": r.hidden, "vocab": r.vocab,
+                    "micro_batches": r.micro_batches, "measured_s": r.step_s,
+                    "predicted_s": est.step_time_s,
+                    "err_pct": 100 * (est.step_time_s / r.step_s - 1),
+                    "measured_gib": r.peak_memory_bytes / 2**30,
+                    "predicted_gib": est.peak_memory_bytes / 2**30,
+                    "mem_err_pct": 100 * (est.peak_memory_bytes / r.peak_memory_bytes - 1)})
+    return pd.DataFrame(out)
+
+
 def report(folder: Path, cluster) -> str:
     gpu = cluster.gpu
     speed = fp8_speedup(pd.read_csv(folder / "gemm_h100.csv"))
@@ -114,6 +136,8 @@ def report(folder: Path, cluster) -> str:
                                           gpu.peak_bf16_flops)
     layers = layer_check(pd.concat([pd.read_csv(p) for p in sorted(folder.glob("layer_*.csv"))]),
                          cluster)
+    steps = step_check(pd.concat([pd.read_csv(p) for p in sorted(folder.glob("step_*.csv"))]),
+                       cluster)
     q1, q3 = speed.quantile([0.25, 0.75])
     return "\n".join([
         f"FP8_GEMM_SPEEDUP: median {speed.median():.3f} over {len(speed)} shapes "
@@ -128,7 +152,9 @@ def report(folder: Path, cluster) -> str:
         "layer forward+backward, model vs measured:",
         layers.to_string(index=False, float_format=lambda v: f"{v:.5g}"),
         f"layer error: mean |err| {layers.err_pct.abs().mean():.1f}%, median "
-        f"{layers.err_pct.abs().median():.1f}%, max {layers.err_pct.abs().max():.1f}%"])
+        f"{layers.err_pct.abs().median():.1f}%, max {layers.err_pct.abs().max():.1f}%",
+        "whole training step on one GPU (embedding, layers, logits, loss, Adam), model vs "
+        "measured:", steps.to_string(index=False, float_format=lambda v: f"{v:.4g}")])
 
 
 def main(argv: list[str] | None = None) -> int:

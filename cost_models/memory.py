@@ -46,12 +46,15 @@ def model_state_bytes_per_param(zero, shard) -> tuple[np.ndarray, np.ndarray, np
 
 
 def stage_param_counts(model: ModelSpec, plans: PlanArrays) -> tuple[np.ndarray, np.ndarray]:
-    """(dense, expert) parameters on one GPU of the first stage (embedding included)."""
+    """(dense, expert) parameters on one GPU of the first stage: its layers and the input
+    embedding; without pipelining the one stage also holds an untied output layer (found by
+    the whole-step benchmark on an H100, results/gpu/README.md)."""
     layers = stage_layers(model.num_layers, plans.pp)
     moe_share = model.num_moe_layers / model.num_layers
     per_layer = attention_params(model) + 2 * model.hidden_size
     dense = layers * (per_layer + (1 - moe_share) * dense_mlp_params(model)) / plans.tp
-    dense = dense + embedding_params(model) / (1 if model.tied_embeddings else 2) / plans.tp
+    tables = np.where(plans.pp == 1, 1.0, 1.0 if model.tied_embeddings else 0.5)
+    dense = dense + embedding_params(model) * tables / plans.tp
     shared = mlp_matrices(model.mlp) * model.hidden_size * model.moe_shared_ffn_hidden_size
     dense = dense + layers * moe_share * shared / plans.tp
     experts = layers * moe_share * model.num_experts * expert_params(model) / plans.ep

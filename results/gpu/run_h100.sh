@@ -40,6 +40,10 @@ step layer_s8192 240 python3 -m bench.gemm --hidden 4096,8192,16384 --tp 1,8 --t
 step layer_llama 240 python3 -m bench.gemm --hidden "" --tp 1,2,4,8 --tokens "" --layer-seq 8192 \
   --layer-specs 4096/32/8/14336/swiglu,8192/64/8/28672/swiglu,16384/128/8/53248/swiglu \
   -o "$D/gemm_none.csv" --layer-output "$D/layer_llama_h100_s8192.csv"
+step step_8b 180 python3 -m bench.step -o "$D/step_h100_8b_l4.csv"
+step step_8b_ga4 180 python3 -m bench.step --micro-batches 4 -o "$D/step_h100_8b_l4_ga4.csv"
+step step_70b 180 python3 -m bench.step --layers 2 --hidden 8192 --heads 64 --kv-heads 8 \
+  --ffn 28672 --vocab 32000 -o "$D/step_h100_70b_l2.csv"
 step attention 240 python3 -m bench.kernels attention --backends flash,cudnn,efficient \
   -o "$D/attention_h100.csv"
 step elementwise 120 python3 -m bench.kernels elementwise -o "$D/elementwise_h100.csv"

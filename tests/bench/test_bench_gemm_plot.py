@@ -43,6 +43,18 @@ def test_llama_style_layer_smoke(tmp_path):
     assert done.returncode == 2 and "--layer-specs" in done.stderr
 
 
+def test_training_step_smoke(tmp_path):
+    out = tmp_path / "s.csv"
+    done = run_module("bench.step", "--smoke", "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    (row,) = list(csv.DictReader(out.open()))
+    assert row["layers"] == "2" and float(row["step_s"]) > 0
+    done = run_module("bench.step", "--smoke", "--heads", "6", "--kv-heads", "4", "-o",
+                      str(tmp_path / "x.csv"))
+    assert done.returncode == 2 and "--kv-heads" in done.stderr
+    assert not (tmp_path / "x.csv").exists()
+
+
 def test_kernel_benchmarks_smoke(tmp_path):
     expected = {"attention": "fwd_bwd_tflops", "elementwise": "gbps", "grouped": "tflops"}
     for kind, column in expected.items():

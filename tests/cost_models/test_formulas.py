@@ -104,3 +104,20 @@ def test_goodput_follows_young_and_matches_llama3_effective_time():
     assert g.checkpoint_interval_s == pytest.approx(math.sqrt(2 * g.checkpoint_s * g.job_mtbf_s))
     assert 0.90 < g.goodput < 0.95  # they report "higher than 90% effective training time"
     assert goodput(512, 70e9).goodput > g.goodput  # fewer GPUs fail less often
+
+
+@pytest.mark.parametrize("pp,tied,tables", [(1, False, 2), (1, True, 1), (4, False, 1),
+                                            (4, True, 1)])
+def test_stage_holds_the_embedding_tables_it_really_holds(pp, tied, tables):
+    """pp = 1: the one stage holds the input embedding and an untied output layer; pp > 1:
+    the first stage holds the input embedding only."""
+    from dataclasses import replace
+
+    from cost_models.memory import stage_param_counts
+
+    model = replace(model_preset("llama3-8b"), tied_embeddings=tied)
+    plans = from_plans([Plan(pp=pp, global_batch_size=8)])
+    with_vocab, _ = stage_param_counts(model, plans)
+    without, _ = stage_param_counts(replace(model, vocab_size=8), plans)
+    table = model.hidden_size * (model.vocab_size - 8)
+    assert float(with_vocab[0] - without[0]) == pytest.approx(tables * table)

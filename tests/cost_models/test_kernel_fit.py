@@ -15,6 +15,7 @@ from cost_models.kernel_fit import (
     layer_check,
     main,
     memory_bound_fraction,
+    step_check,
 )
 
 GPU_RESULTS = Path(__file__).resolve().parents[2] / "results" / "gpu"
@@ -65,6 +66,16 @@ def test_model_predicts_measured_layers():
     # all but the smallest layer (1.6 ms: eager PyTorch's kernel launches dominate) within 20%
     big = check[check.measured_s > 2e-3]
     assert big.err_pct.abs().max() < 20.0
+
+
+def test_model_predicts_measured_training_steps():
+    steps = pd.concat([read(f"step_h100_{name}.csv") for name in ("8b_l4", "8b_l4_ga4",
+                                                                  "70b_l2")])
+    check = step_check(steps, dgx_h100())
+    assert len(check) == 3
+    assert check.err_pct.abs().max() < 15.0
+    single = check[check.micro_batches == 1]  # the benchmark's own grad copies add to GA
+    assert single.mem_err_pct.abs().max() < 6.0
 
 
 def test_unreadable_folder_is_one_line(tmp_path, capsys):
