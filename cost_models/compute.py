@@ -38,9 +38,10 @@ from cost_models.specs import ClusterSpec, ModelSpec, Precision
 ATTENTION_FRACTION = 0.537
 # Measured on one H100 SXM (results/gpu/gemm_h100.csv, bench.gemm --precision bf16,fp8): FP8
 # products with per-tensor scales (cuBLASLt through torch._scaled_mm, as Transformer Engine
-# runs them on Hopper) take 1/1.76 of the BF16 time at the same shape (median over the 180
-# distinct tensor-parallel block shapes, quartiles 1.63-1.84; cost_models.kernel_fit). Attention and
-# element-wise work stay in BF16; the casts are counted by fp8_cast_bytes_per_token.
+# runs them on Hopper) take 1/1.76 of the BF16 time at the same shape (median over the
+# 180 distinct tensor-parallel block shapes, quartiles 1.63-1.84; cost_models.kernel_fit).
+# Attention and element-wise work stay in BF16; the casts are counted by
+# fp8_cast_bytes_per_token.
 FP8_GEMM_SPEEDUP = 1.76
 # Memory-bound kernels reach this share of the datasheet HBM bandwidth: the median of copy,
 # add, gelu and layer norm over 4096-16384 x 4096-16384 bf16 tensors on one H100 SXM

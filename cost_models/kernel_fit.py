@@ -148,7 +148,8 @@ def report(folder: Path, cluster) -> str:
         f"MEMORY_BOUND_FRACTION: median {mem:.3f} of {gpu.hbm_bandwidth_bytes_per_s / 1e12:.2f}"
         f" TB/s over {', '.join(STREAMING_OPS)}",
         f"GROUPED_ROWS_HALF: {half:.1f} rows per expert; grouped products fit within "
-        f"{100 * np.abs(grouped_err).mean():.1f}% mean, {100 * np.abs(grouped_err).max():.1f}% max",
+        f"{100 * np.abs(grouped_err).mean():.1f}% mean, "
+        f"{100 * np.abs(grouped_err).max():.1f}% max",
         "layer forward+backward, model vs measured:",
         layers.to_string(index=False, float_format=lambda v: f"{v:.5g}"),
         f"layer error: mean |err| {layers.err_pct.abs().mean():.1f}%, median "

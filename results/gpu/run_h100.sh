@@ -44,6 +44,13 @@ step step_8b 180 python3 -m bench.step -o "$D/step_h100_8b_l4.csv"
 step step_8b_ga4 180 python3 -m bench.step --micro-batches 4 -o "$D/step_h100_8b_l4_ga4.csv"
 step step_70b 180 python3 -m bench.step --layers 2 --hidden 8192 --heads 64 --kv-heads 8 \
   --ffn 28672 --vocab 32000 -o "$D/step_h100_70b_l2.csv"
+# megatron-core is not on the GPU image: MEGATRON_WHEELS=dir installs its wheel first
+[ -n "${MEGATRON_WHEELS:-}" ] && python3 -m pip install -q --no-index --no-deps --target \
+  /tmp/mcore "$MEGATRON_WHEELS"/megatron_core-*.whl && export PYTHONPATH=$PYTHONPATH:/tmp/mcore
+step megatron_8b 240 python3 -m bench.megatron_step --model llama3-8b --layers 2 \
+  -o "$D/megatron_h100_llama3-8b_l2.csv"
+step megatron_gpt3 240 python3 -m bench.megatron_step --model gpt3-175b --layers 2 \
+  -o "$D/megatron_h100_gpt3-175b_l2.csv"
 step attention 240 python3 -m bench.kernels attention --backends flash,cudnn,efficient \
   -o "$D/attention_h100.csv"
 step elementwise 120 python3 -m bench.kernels elementwise -o "$D/elementwise_h100.csv"

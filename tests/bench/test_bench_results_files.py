@@ -1,5 +1,5 @@
-"""The measured files kept in results/bench/ and results/gpu/ are readable, correct, and their busbw is the
-nccl-tests formula applied to their own times (no drift between definitions)."""
+"""The measured files kept in results/bench/ and results/gpu/ are readable, correct, and their
+busbw is the nccl-tests formula applied to their own times (no drift between definitions)."""
 
 from pathlib import Path
 
