@@ -65,3 +65,28 @@ def test_attention_backends_run_and_match_float64(tmp_path):
     assert set(rows["backend"]) == {"flash", "cudnn"}
     assert (rows["rel_err"] < 2e-2).all()
     assert ((rows["fwd_bwd_tflops"] > 50) & (rows["fwd_bwd_tflops"] < 1000)).all()
+
+
+def test_training_step_is_close_to_the_model(tmp_path):
+    import pandas as pd
+
+    from cost_models.catalog_clusters import dgx_h100
+    from cost_models.kernel_fit import step_check
+
+    out = tmp_path / "step.csv"
+    subprocess.run([sys.executable, "-m", "bench.step", "--layers", "2", "-o", str(out)],
+                   cwd=REPO, check=True, timeout=600)
+    check = step_check(pd.read_csv(out), dgx_h100())
+    assert check.err_pct.abs().max() < 25 and check.mem_err_pct.abs().max() < 15
+
+
+def test_megatron_core_model_runs_forward_and_backward(tmp_path):
+    import pandas as pd
+
+    pytest.importorskip("megatron.core")
+    out = tmp_path / "megatron.csv"
+    subprocess.run([sys.executable, "-m", "bench.megatron_step", "--model", "llama3-8b",
+                    "--layers", "1", "--seq", "2048", "-o", str(out)], cwd=REPO, check=True,
+                   timeout=600)
+    row = pd.read_csv(out).iloc[0]
+    assert 0 < row.fwd_bwd_s < 10
