@@ -125,37 +125,71 @@ def step_check(steps: pd.DataFrame, cluster) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def report(folder: Path, cluster) -> str:
-    gpu = cluster.gpu
-    speed = fp8_speedup(pd.read_csv(folder / "gemm_h100.csv"))
-    fraction, fixed_s, att_err = attention_fit(pd.read_csv(folder / "attention_h100.csv"),
-                                               gpu.peak_bf16_flops)
-    mem = memory_bound_fraction(pd.read_csv(folder / "elementwise_h100.csv"),
-                                gpu.hbm_bandwidth_bytes_per_s)
-    half, grouped_err = grouped_rows_half(pd.read_csv(folder / "grouped_h100.csv"),
-                                          gpu.peak_bf16_flops)
-    layers = layer_check(pd.concat([pd.read_csv(p) for p in sorted(folder.glob("layer_*.csv"))]),
-                         cluster)
-    steps = step_check(pd.concat([pd.read_csv(p) for p in sorted(folder.glob("step_*.csv"))]),
-                       cluster)
+def _read_all(paths: list[Path]) -> pd.DataFrame:
+    return pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
+
+
+def fp8_lines(frame: pd.DataFrame, cluster) -> list[str]:
+    speed = fp8_speedup(frame)
     q1, q3 = speed.quantile([0.25, 0.75])
-    return "\n".join([
-        f"FP8_GEMM_SPEEDUP: median {speed.median():.3f} over {len(speed)} shapes "
-        f"(quartiles {q1:.2f}-{q3:.2f})",
-        f"attention ({ATTENTION_BACKEND}): fraction of peak {fraction:.3f}, fixed "
-        f"{fixed_s * 1e6:.0f} us per layer fwd+bwd; fit error mean "
-        f"{100 * np.abs(att_err).mean():.1f}%, max {100 * np.abs(att_err).max():.1f}%",
-        f"MEMORY_BOUND_FRACTION: median {mem:.3f} of {gpu.hbm_bandwidth_bytes_per_s / 1e12:.2f}"
-        f" TB/s over {', '.join(STREAMING_OPS)}",
-        f"GROUPED_ROWS_HALF: {half:.1f} rows per expert; grouped products fit within "
-        f"{100 * np.abs(grouped_err).mean():.1f}% mean, "
-        f"{100 * np.abs(grouped_err).max():.1f}% max",
-        "layer forward+backward, model vs measured:",
-        layers.to_string(index=False, float_format=lambda v: f"{v:.5g}"),
-        f"layer error: mean |err| {layers.err_pct.abs().mean():.1f}%, median "
-        f"{layers.err_pct.abs().median():.1f}%, max {layers.err_pct.abs().max():.1f}%",
-        "whole training step on one GPU (embedding, layers, logits, loss, Adam), model vs "
-        "measured:", steps.to_string(index=False, float_format=lambda v: f"{v:.4g}")])
+    return [f"FP8_GEMM_SPEEDUP: median {speed.median():.3f} over {len(speed)} shapes "
+            f"(quartiles {q1:.2f}-{q3:.2f})"]
+
+
+def attention_lines(frame: pd.DataFrame, cluster) -> list[str]:
+    fraction, fixed_s, err = attention_fit(frame, cluster.gpu.peak_bf16_flops)
+    return [f"attention ({ATTENTION_BACKEND}): fraction of peak {fraction:.3f}, fixed "
+            f"{fixed_s * 1e6:.0f} us per layer fwd+bwd; fit error mean "
+            f"{100 * np.abs(err).mean():.1f}%, max {100 * np.abs(err).max():.1f}%"]
+
+
+def memory_lines(frame: pd.DataFrame, cluster) -> list[str]:
+    hbm = cluster.gpu.hbm_bandwidth_bytes_per_s
+    return [f"MEMORY_BOUND_FRACTION: median {memory_bound_fraction(frame, hbm):.3f} of "
+            f"{hbm / 1e12:.2f} TB/s over {', '.join(STREAMING_OPS)}"]
+
+
+def grouped_lines(frame: pd.DataFrame, cluster) -> list[str]:
+    half, err = grouped_rows_half(frame, cluster.gpu.peak_bf16_flops)
+    return [f"GROUPED_ROWS_HALF: {half:.1f} rows per expert; grouped products fit within "
+            f"{100 * np.abs(err).mean():.1f}% mean, {100 * np.abs(err).max():.1f}% max"]
+
+
+def layer_lines(frame: pd.DataFrame, cluster) -> list[str]:
+    layers = layer_check(frame, cluster)
+    err = layers.err_pct.abs()
+    return ["layer forward+backward, model vs measured:",
+            layers.to_string(index=False, float_format=lambda v: f"{v:.5g}"),
+            f"layer error: mean |err| {err.mean():.1f}%, median {err.median():.1f}%, max "
+            f"{err.max():.1f}%"]
+
+
+def step_lines(frame: pd.DataFrame, cluster) -> list[str]:
+    return ["whole training step on one GPU (embedding, layers, logits, loss, Adam), model vs "
+            "measured:", step_check(frame, cluster).to_string(
+                index=False, float_format=lambda v: f"{v:.4g}")]
+
+
+# (file pattern, report section); {gpu} is the --gpu suffix of the file names.
+SECTIONS = (("gemm_{gpu}.csv", fp8_lines), ("attention_{gpu}.csv", attention_lines),
+            ("elementwise_{gpu}.csv", memory_lines), ("grouped_{gpu}.csv", grouped_lines),
+            ("layer_*.csv", layer_lines), ("step_*.csv", step_lines))
+
+
+def report(folder: Path, cluster, gpu: str = "h100") -> str:
+    """Every section whose files the folder holds; FitError-like ValueError if none."""
+    lines, found = [], 0
+    for pattern, section in SECTIONS:
+        paths = sorted(folder.glob(pattern.format(gpu=gpu)))
+        if not paths:
+            lines.append(f"(skipped: no {pattern.format(gpu=gpu)} in {folder})")
+            continue
+        found += 1
+        lines += section(_read_all(paths), cluster)
+    if not found:
+        names = ", ".join(p.format(gpu=gpu) for p, _ in SECTIONS)
+        raise ValueError(f"no measurement files ({names}) in {folder}")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,12 +197,16 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m cost_models.kernel_fit",
                                 description=__doc__.split("\n")[0])
-    p.add_argument("folder", type=Path, help="folder with gemm_h100.csv, attention_h100.csv, "
-                   "elementwise_h100.csv and layer_*.csv")
+    p.add_argument("folder", type=Path, help="folder of bench.gemm/kernels/step results")
+    p.add_argument("--gpu", default="h100", help="suffix of the file names (gemm_GPU.csv)")
     args = p.parse_args(argv)
     try:
-        print(report(args.folder, dgx_h100()))
-    except (OSError, KeyError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        print(report(args.folder, dgx_h100(), args.gpu))
+    except KeyError as exc:
+        print(f"kernel_fit: error: a results file in {args.folder} lacks the column {exc}; "
+              "re-make it with bench.gemm/bench.kernels/bench.step", file=sys.stderr)
+        return 2
+    except (OSError, ValueError, AttributeError, pd.errors.ParserError) as exc:
         print(f"kernel_fit: error: cannot read the measurements in {args.folder}: {exc}",
               file=sys.stderr)
         return 2

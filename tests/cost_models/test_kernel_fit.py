@@ -82,4 +82,15 @@ def test_unreadable_folder_is_one_line(tmp_path, capsys):
     (tmp_path / "gemm_h100.csv").write_text("m,k\n1,2\n")
     assert main([str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "cannot read" in err
+    assert err.count("\n") == 1 and "lacks the column 'time_s'" in err
+    assert main([str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no measurement files" in err
+
+
+def test_missing_sections_are_skipped(tmp_path, capsys):
+    (tmp_path / "layer_h100_s2048.csv").write_text(
+        (GPU_RESULTS / "layer_h100_s2048.csv").read_text())
+    assert main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "skipped: no gemm_h100.csv" in out and "layer error: mean" in out
