@@ -2,12 +2,14 @@
 
 Three kinds of work, each timed by its own bound:
 - matrix products: the measured GEMM-efficiency curve (`gemm_curve`) at each product's shape
-  on one TP rank, so thin shards and small micro-batches run slower than big products;
-- attention cores: flash attention at a fixed share of peak (`ATTENTION_FRACTION`); the
+  on one TP rank, so thin shards and small micro-batches run slower than big products (FP8
+  products `FP8_GEMM_SPEEDUP` faster; grouped expert products slower with few rows each);
+- attention cores: flash attention at a measured share of peak (`ATTENTION_FRACTION`); the
   unfused kernels of pre-2023 Megatron-LM as batched products on the GEMM curve plus
   memory-bound passes over the stored score matrix;
 - element-wise work (norms, residual adds, dropout, activations, rotary, cross-entropy):
-  bytes moved / HBM bandwidth (memory-bound kernels).
+  bytes moved / the HBM bandwidth memory-bound kernels reach (`MEMORY_BOUND_FRACTION`).
+The constants are measured on an H100 (results/gpu/README.md, `cost_models.kernel_fit`).
 """
 
 from __future__ import annotations
