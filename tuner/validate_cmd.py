@@ -123,5 +123,5 @@ def run(argv: list[str], prog: str = "autotune validate") -> int:
     if args.report:
         from tuner.validation_report import write_report
 
-        write_report(Path(args.report), records, checks, skipped, argv)
+        write_report(Path(args.report), records, checks, skipped, argv, by_id)
     return 0

@@ -8,8 +8,26 @@ from pathlib import Path
 from cost_models.atomic import write_text_atomic
 
 
+def source_table(records: list[dict], rows: dict[str, dict]) -> list[str]:
+    """Markdown rows of the error by (source, GPU, precision) of the runs file."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        row = rows.get(r["id"], {})
+        key = (row.get("source", ""), row.get("gpu", ""), row.get("precision", ""))
+        groups.setdefault(key, []).append(r)
+    lines = ["| source | GPU | precision | runs | mean error % | mean abs error % | max abs % |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    for (source, gpu, precision), part in sorted(groups.items()):
+        signed = [r["err_pct"] for r in part]
+        absolute = [r["abs_err_pct"] for r in part]
+        lines.append(f"| {source} | {gpu} | {precision} | {len(part)} | "
+                     f"{sum(signed) / len(part):+.1f} | {sum(absolute) / len(part):.1f} | "
+                     f"{max(absolute):.1f} |")
+    return lines
+
+
 def write_report(folder: Path, records: list[dict], checks: list, skipped: list,
-                 argv: list[str]) -> None:
+                 argv: list[str], rows: dict[str, dict] | None = None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     errors = [r["abs_err_pct"] for r in records]
     lines = [
@@ -18,6 +36,8 @@ def write_report(folder: Path, records: list[dict], checks: list, skipped: list,
         f"Rows predicted: {len(records)}; skipped: {len(skipped)}. Iteration-time error: "
         f"mean {sum(errors) / len(errors):.1f}%, max {max(errors):.1f}%. Alternative-plan "
         f"order: {sum(ok for *_, ok in checks)}/{len(checks)} pairs as published.", "",
+        "Error = predicted / published - 1 (negative: predicted faster).", "",
+        *source_table(records, rows or {}), "",
         "| id | published s | predicted s | error % | plan chosen for empty cells |",
         "|---|---:|---:|---:|---|",
     ]

@@ -13,10 +13,24 @@ RUNS = Path(__file__).resolve().parents[2] / "cost_models" / "data" / "published
 
 @pytest.fixture(scope="module")
 def predictions(tmp_path_factory):
-    out = tmp_path_factory.mktemp("val") / "preds.csv"
+    folder = tmp_path_factory.mktemp("val")
+    out = folder / "preds.csv"
     proc = subprocess.run([sys.executable, "-m", "tuner", "validate", str(RUNS), "--out",
-                           str(out)], capture_output=True, text=True, check=True)
+                           str(out), "--report", str(folder / "report")], capture_output=True,
+                          text=True, check=True)
     return pd.read_csv(out), proc.stdout
+
+
+def test_report_has_a_table_per_source_and_a_plot(predictions, tmp_path_factory):
+    preds, _ = predictions
+    report = next(tmp_path_factory.getbasetemp().glob("val*/report"))
+    text = (report / "validation.md").read_text()
+    runs = pd.read_csv(RUNS)
+    by_source = [line.split(" | ") for line in text.splitlines()
+                 if line.startswith("| ") and line.count(" | ") == 6 and "source" not in line]
+    assert sum(int(cells[3]) for cells in by_source) == len(preds)
+    assert {cells[0].lstrip("| ") for cells in by_source} == set(runs[runs.usable == 1].source)
+    assert (report / "validation.png").stat().st_size > 10_000
 
 
 def test_every_usable_row_is_predicted(predictions):
