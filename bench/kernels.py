@@ -24,29 +24,27 @@ import itertools
 import sys
 
 from bench.gemm import EXIT_USAGE, median_time_s, select_device, write_csv
+from cost_models.flops import CAUSAL_FRACTION, FLASH_BACKWARD_FACTOR
 
 ATTENTION_COLUMNS = ("backend", "batch", "heads", "seq", "head_dim", "fwd_s", "fwd_bwd_s",
                      "fwd_flops", "fwd_tflops", "fwd_bwd_tflops", "rel_err")
 ELEMENTWISE_COLUMNS = ("op", "rows", "cols", "bytes", "time_s", "gbps")
 GROUPED_COLUMNS = ("experts", "m_per_expert", "k", "n", "how", "time_s", "tflops")
-# Backward of the flash attention core: 5 products against the forward's 2 (Dao 2023,
-# arXiv:2307.08691 Sec. 3.1); the same factor as cost_models.flops.FLASH_BACKWARD_FACTOR.
-FLASH_BACKWARD_FACTOR = 2.5
+# --backends name -> torch.nn.attention.SDPBackend member
+BACKENDS = {"flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION",
+            "efficient": "EFFICIENT_ATTENTION", "math": "MATH"}
 
 
 def causal_attention_flops(batch: int, heads: int, seq: int, head_dim: int) -> float:
-    """Forward FLOPs of scores and values with a causal mask: 4*b*h*s^2*d / 2."""
-    return 4.0 * batch * heads * seq * seq * head_dim / 2
+    """Forward FLOPs of scores and values with a causal mask (as cost_models.flops counts
+    them): 4*b*h*s^2*d x CAUSAL_FRACTION."""
+    return 4.0 * batch * heads * seq * seq * head_dim * CAUSAL_FRACTION
 
 
-BACKEND_NAMES = ("flash", "cudnn", "efficient", "math")
-
-
-def sdpa_backends():
+def sdpa_backend(name: str):
     from torch.nn.attention import SDPBackend
 
-    return {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
-            "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+    return getattr(SDPBackend, BACKENDS[name])
 
 
 def attention_row(backend, batch, heads, seq, head_dim, dtype, device, warmup, iters):
@@ -67,10 +65,10 @@ def attention_row(backend, batch, heads, seq, head_dim, dtype, device, warmup, i
     with torch.no_grad():  # reference: float64 through the math backend
         ref = F.scaled_dot_product_attention(q.double(), k.double(), v.double(),
                                              is_causal=True)
-    with sdpa_kernel(sdpa_backends()[backend]), torch.no_grad():
+    with sdpa_kernel(sdpa_backend(backend)), torch.no_grad():
         err = float((forward().double() - ref).norm() / ref.norm())
         fwd = median_time_s(forward, warmup, iters, device)
-    with sdpa_kernel(sdpa_backends()[backend]):
+    with sdpa_kernel(sdpa_backend(backend)):
         both = median_time_s(fwd_bwd, warmup, iters, device)
     flops = causal_attention_flops(batch, heads, seq, head_dim)
     return {"backend": backend, "batch": batch, "heads": heads, "seq": seq,
@@ -176,7 +174,7 @@ def parse_lists(args) -> None:
     caller reports the flags."""
     default_rows = "128,256,512,1024,2048" if args.kind == "grouped" else "4096,16384"
     args.backends = [b for b in args.backends.split(",") if b]
-    if any(b not in BACKEND_NAMES for b in args.backends):
+    if any(b not in BACKENDS for b in args.backends):
         raise ValueError(args.backends)
     args.heads, args.seqs = ints(args.heads), ints(args.seqs)
     args.rows, args.cols = ints(args.rows or default_rows), ints(args.cols)

@@ -70,6 +70,14 @@ def layer_weights(spec: LayerSpec, tp: int, dtype, device) -> dict:
             for name, shape in shapes.items()}
 
 
+def norm(spec: LayerSpec, x):
+    """RMSNorm for Llama-style (swiglu) layers, LayerNorm for GPT ones, over the last dim."""
+    import torch.nn.functional as F
+
+    fn = F.rms_norm if spec.mlp == "swiglu" else F.layer_norm
+    return fn(x, (x.shape[-1],))
+
+
 def layer_forward(spec: LayerSpec, tp: int, w: dict, x):
     """The layer's forward on one TP rank: x [batch, seq, hidden] -> same shape."""
     import torch.nn.functional as F
@@ -77,15 +85,13 @@ def layer_forward(spec: LayerSpec, tp: int, w: dict, x):
     b, s, h = x.shape
     hd = h // spec.heads
     hq, hkv = spec.heads // tp, spec.kv_heads // tp
-    norm = ((lambda t: F.rms_norm(t, (h,))) if spec.mlp == "swiglu"
-            else (lambda t: F.layer_norm(t, (h,))))
-    q, k, v = (norm(x) @ w["qkv"]).split([hq * hd, hkv * hd, hkv * hd], dim=-1)
+    q, k, v = (norm(spec, x) @ w["qkv"]).split([hq * hd, hkv * hd, hkv * hd], dim=-1)
     q, k, v = (t.view(b, s, -1, hd).transpose(1, 2) for t in (q, k, v))
     if hq != hkv:
         k, v = (t.repeat_interleave(hq // hkv, dim=1) for t in (k, v))
     a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     z = x + a.transpose(1, 2).reshape(b, s, hq * hd) @ w["proj"]
-    y = norm(z) @ w["fc1"]
+    y = norm(spec, z) @ w["fc1"]
     if spec.mlp == "swiglu":
         gate, up = y.chunk(2, dim=-1)
         y = F.silu(gate) * up

@@ -18,8 +18,11 @@ import argparse
 import os
 import sys
 import warnings
+from dataclasses import replace
 
 from bench.gemm import EXIT_USAGE, median_time_s, select_device, write_csv
+from cost_models.catalog import model_preset
+from cost_models.specs import Plan, SpecError
 
 SMOKE_SHAPE = {"hidden_size": 256, "ffn_hidden_size": 512, "num_heads": 4, "num_kv_heads": 2,
                "head_dim": 64, "seq_len": 64, "vocab_size": 1000}
@@ -27,31 +30,38 @@ MEGATRON_COLUMNS = ("model", "layers", "hidden", "seq", "vocab", "parameters", "
                     "megatron_core")
 
 
-def model_and_plan(name: str, layers: int, seq: int):
-    from dataclasses import replace
-
-    from cost_models.catalog import model_preset
-    from cost_models.specs import Plan
-
+def model_and_plan(name: str, layers: int, seq: int, overrides: dict | None = None):
+    """The preset with `layers` layers (and `overrides`), and the one-GPU plan timed."""
     preset = model_preset(name)
-    model = replace(preset, num_layers=layers, seq_len=seq or preset.seq_len)
-    return model, Plan(global_batch_size=1, flash_attention=False)
+    fields = {"num_layers": layers, "seq_len": seq or preset.seq_len, **(overrides or {})}
+    return replace(preset, **fields), Plan(global_batch_size=1, flash_attention=False)
 
 
-def transformer_config(model, plan, dtype):
-    """megatron-core's TransformerConfig from the tuner's kwargs; fusions that need
-    Transformer Engine or apex are switched off."""
+def resolved_config_kwargs(model, plan) -> dict:
+    """The tuner's TransformerConfig kwargs with the names it must leave as strings (tuner/
+    cannot import torch) resolved: dtypes to torch dtypes, the activation to its function."""
     import torch
     from megatron.core import activations
-    from megatron.core.transformer import TransformerConfig
 
     from tuner.megatron import megatron_transformer_config_kwargs
 
     kwargs = megatron_transformer_config_kwargs(model, plan)
-    kwargs["params_dtype"] = kwargs["pipeline_dtype"] = dtype
+    for name in ("params_dtype", "pipeline_dtype"):
+        kwargs[name] = getattr(torch, kwargs[name])
     name = kwargs["activation_func"]
     kwargs["activation_func"] = getattr(activations, name, None) or getattr(
         torch.nn.functional, name)
+    return kwargs
+
+
+def transformer_config(model, plan, dtype):
+    """megatron-core's TransformerConfig from the tuner's kwargs in `dtype`; fusions that
+    need Transformer Engine or apex are switched off."""
+    import torch
+    from megatron.core.transformer import TransformerConfig
+
+    kwargs = resolved_config_kwargs(model, plan)
+    kwargs["params_dtype"] = kwargs["pipeline_dtype"] = dtype
     if dtype == torch.float32:
         kwargs["bf16"] = False
     kwargs |= {"normalization": "RMSNorm" if model.mlp.value == "swiglu" else "LayerNorm",
@@ -129,15 +139,11 @@ def main(argv: list[str] | None = None) -> int:
         print("megatron_step: error: needs megatron-core (pip install -e '.[launchers]')",
               file=sys.stderr)
         return EXIT_USAGE
-    from cost_models.specs import SpecError
-
+    if args.smoke:
+        args.warmup, args.iters = 1, 2
     try:
-        model, plan = model_and_plan(args.model, args.layers, args.seq)
-        if args.smoke:
-            from dataclasses import replace
-
-            model = replace(model, **SMOKE_SHAPE)
-            args.warmup, args.iters = 1, 2
+        model, plan = model_and_plan(args.model, args.layers, args.seq,
+                                     SMOKE_SHAPE if args.smoke else None)
         config = transformer_config(model, plan, dtype)
     except (SpecError, KeyError, ValueError) as exc:
         print(f"megatron_step: error: {exc}", file=sys.stderr)

@@ -19,7 +19,7 @@ import argparse
 import sys
 
 from bench.gemm import EXIT_USAGE, median_time_s, select_device, write_csv
-from bench.layer import LayerSpec, layer_forward, layer_weights
+from bench.layer import LayerSpec, layer_forward, layer_weights, norm
 
 STEP_COLUMNS = ("layers", "hidden", "heads", "kv_heads", "ffn", "mlp", "seq", "vocab",
                 "micro_batches", "step_s", "peak_memory_bytes")
@@ -46,7 +46,7 @@ def loss_of(spec: LayerSpec, model: dict, tokens):
     x = model["embedding"][tokens]
     for w in model["layers"]:
         x = layer_forward(spec, 1, w, x)
-    logits = F.rms_norm(x, (spec.hidden,)) @ model["output"]
+    logits = norm(spec, x) @ model["output"]
     return F.cross_entropy(logits.float().flatten(0, 1), tokens.flatten())
 
 

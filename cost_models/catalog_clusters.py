@@ -173,52 +173,17 @@ _RECIPES = (DGX_A100_40GB, DGX_A100_80GB, DGX_H100, H800, DGX_H200, DGX_B200, DG
             KUAE_S4000)
 
 
-def dgx_a100_40gb() -> ClusterSpec:
-    return build_cluster(DGX_A100_40GB)
-
-
-def dgx_a100_80gb() -> ClusterSpec:
-    return build_cluster(DGX_A100_80GB)
-
-
-def dgx_h100() -> ClusterSpec:
-    return build_cluster(DGX_H100)
-
-
-def h800() -> ClusterSpec:
-    return build_cluster(H800)
-
-
-def h200() -> ClusterSpec:
-    return build_cluster(DGX_H200)
-
-
-def b200() -> ClusterSpec:
-    return build_cluster(DGX_B200)
-
-
-def dgx2_v100() -> ClusterSpec:
-    return build_cluster(DGX2_V100)
-
-
-def kuae_s4000() -> ClusterSpec:
-    return build_cluster(KUAE_S4000)
-
-
-CLUSTERS = {
-    "dgx-a100-40gb": dgx_a100_40gb, "dgx-a100-80gb": dgx_a100_80gb, "dgx-h100": dgx_h100,
-    "h800": h800, "h200": h200, "b200": b200, "dgx2-v100": dgx2_v100,
-    "kuae-s4000": kuae_s4000,
-}
+# Preset name -> recipe; `cluster_preset` builds the ClusterSpec.
+CLUSTERS = {recipe.name: recipe for recipe in _RECIPES}
 
 
 def cluster_preset(name: str) -> ClusterSpec:
     """The preset called `name` (case-insensitive); SpecError listing the closest names."""
-    builder = CLUSTERS.get(name.strip().lower())
-    if builder is None:
+    recipe = CLUSTERS.get(name.strip().lower())
+    if recipe is None:
         raise SpecError(f"unknown cluster preset {name!r}; "
                         f"{closest_names(name, list(CLUSTERS))}")
-    return builder()
+    return build_cluster(recipe)
 
 
 _NICS_RE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+(?:\.\d+)?)\s*[gG](?:b|bit|bps)?\s*$")

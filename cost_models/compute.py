@@ -150,21 +150,22 @@ def layer_times(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays,
         elementwise_s=memory_bound_time_s(bytes_moved, cluster.gpu))
 
 
-def grouped_gemm_time_s(g, peak, curve: GemmCurve) -> np.ndarray:
+def grouped_gemm_time_s(g, peak, curve: GemmCurve,
+                        rows_half: float = GROUPED_ROWS_HALF) -> np.ndarray:
     """`count` products of one shape run as one grouped kernel (Megatron-Core GroupedMLP):
     their work adds up, the fixed per-kernel time is paid once, and few rows per product
     slow the kernel down by grouped_rows_factor."""
     one = gemm_time_s(g.m, g.k, g.n, peak, curve)
     work = (one - curve.overhead_s) * g.count
-    factor = np.where(np.asarray(g.count) > 1, grouped_rows_factor(g.m), 1.0)
+    factor = np.where(np.asarray(g.count) > 1, grouped_rows_factor(g.m, rows_half), 1.0)
     return np.where(one > 0, work * factor + curve.overhead_s, 0.0)
 
 
-def grouped_rows_factor(rows_per_product) -> np.ndarray:
+def grouped_rows_factor(rows_per_product, rows_half: float = GROUPED_ROWS_HALF) -> np.ndarray:
     """Slow-down of a grouped kernel of few rows per product against one product of the same
-    total work: 1 + (GROUPED_ROWS_HALF / rows)^2, fitted to measurements (below)."""
+    total work: 1 + (rows_half / rows)^2, fitted to measurements (GROUPED_ROWS_HALF)."""
     rows = np.maximum(np.asarray(rows_per_product, dtype=float), 1.0)
-    return 1.0 + (GROUPED_ROWS_HALF / rows) ** 2
+    return 1.0 + (rows_half / rows) ** 2
 
 
 def selective_recompute_s(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays,

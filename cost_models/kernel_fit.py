@@ -50,17 +50,19 @@ def memory_bound_fraction(elementwise: pd.DataFrame, hbm_bytes_per_s: float) -> 
 
 
 def grouped_rows_half(grouped: pd.DataFrame, peak_flops: float) -> tuple[float, np.ndarray]:
-    """Least squares (relative error) of the grouped kernel's rows factor: measured time =
-    curve time of the summed work x (1 + (half / rows per expert)^2), half on a 0.5-row grid;
-    returns (half, relative errors)."""
-    from cost_models.gemm_curve import H100_BF16_CURVE, gemm_time_s
+    """Least squares (relative error) of the model's grouped-kernel time
+    (`compute.grouped_gemm_time_s`) over its rows_half, on a 0.5-row grid; returns
+    (rows_half, relative errors)."""
+    from cost_models.compute import grouped_gemm_time_s
+    from cost_models.flops import Gemm
+    from cost_models.gemm_curve import H100_BF16_CURVE
 
     rows = grouped[grouped["how"] == "grouped"]
-    m = rows["m_per_expert"].to_numpy(float)
-    one = gemm_time_s(m, rows["k"], rows["n"], peak_flops)
-    work = (one - H100_BF16_CURVE.overhead_s) * rows["experts"].to_numpy(float)
+    g = Gemm(name="experts", m=rows["m_per_expert"].to_numpy(float),
+             k=rows["k"].to_numpy(float), n=rows["n"].to_numpy(float),
+             count=rows["experts"].to_numpy(float))
     t = rows["time_s"].to_numpy(float)
-    fits = [(half, (work * (1 + (half / m) ** 2) + H100_BF16_CURVE.overhead_s) / t - 1)
+    fits = [(half, grouped_gemm_time_s(g, peak_flops, H100_BF16_CURVE, half) / t - 1)
             for half in np.arange(0.0, 512.0, 0.5)]
     return min(fits, key=lambda fit: float(np.sum(fit[1] ** 2)))
 
@@ -193,7 +195,7 @@ def report(folder: Path, cluster, gpu: str = "h100") -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cost_models.catalog_clusters import dgx_h100
+    from cost_models.catalog_clusters import cluster_preset
 
     p = argparse.ArgumentParser(prog="python -m cost_models.kernel_fit",
                                 description=__doc__.split("\n")[0])
@@ -201,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpu", default="h100", help="suffix of the file names (gemm_GPU.csv)")
     args = p.parse_args(argv)
     try:
-        print(report(args.folder, dgx_h100(), args.gpu))
+        print(report(args.folder, cluster_preset("dgx-h100"), args.gpu))
     except KeyError as exc:
         print(f"kernel_fit: error: a results file in {args.folder} lacks the column {exc}; "
               "re-make it with bench.gemm/bench.kernels/bench.step", file=sys.stderr)

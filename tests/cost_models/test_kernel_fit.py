@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from cost_models import compute
-from cost_models.catalog_clusters import dgx_h100
+from cost_models.catalog_clusters import cluster_preset
 from cost_models.kernel_fit import (
     attention_fit,
     fp8_speedup,
@@ -19,7 +19,7 @@ from cost_models.kernel_fit import (
 )
 
 GPU_RESULTS = Path(__file__).resolve().parents[2] / "results" / "gpu"
-H100 = dgx_h100().gpu
+H100 = cluster_preset("dgx-h100").gpu
 
 
 def read(name: str) -> pd.DataFrame:
@@ -58,7 +58,7 @@ def test_grouped_kernel_slows_down_only_with_few_rows_per_expert():
 def test_model_predicts_measured_layers():
     layers = pd.concat([read("layer_h100_s2048.csv"), read("layer_h100_s8192.csv"),
                         read("layer_llama_h100_s8192.csv")])
-    check = layer_check(layers, dgx_h100())
+    check = layer_check(layers, cluster_preset("dgx-h100"))
     assert len(check) == 38
     assert check.err_pct.abs().median() < 6.0
     llama = check[check.mlp == "swiglu"]  # RMSNorm, GQA, SwiGLU: Llama 3 8B/70B/405B layers
@@ -71,7 +71,7 @@ def test_model_predicts_measured_layers():
 def test_model_predicts_measured_training_steps():
     steps = pd.concat([read(f"step_h100_{name}.csv") for name in ("8b_l4", "8b_l4_ga4",
                                                                   "70b_l2")])
-    check = step_check(steps, dgx_h100())
+    check = step_check(steps, cluster_preset("dgx-h100"))
     assert len(check) == 3
     assert check.err_pct.abs().max() < 15.0
     single = check[check.micro_batches == 1]  # the benchmark's own grad copies add to GA

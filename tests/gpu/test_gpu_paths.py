@@ -70,13 +70,13 @@ def test_attention_backends_run_and_match_float64(tmp_path):
 def test_training_step_is_close_to_the_model(tmp_path):
     import pandas as pd
 
-    from cost_models.catalog_clusters import dgx_h100
+    from cost_models.catalog_clusters import cluster_preset
     from cost_models.kernel_fit import step_check
 
     out = tmp_path / "step.csv"
     subprocess.run([sys.executable, "-m", "bench.step", "--layers", "2", "-o", str(out)],
                    cwd=REPO, check=True, timeout=600)
-    check = step_check(pd.read_csv(out), dgx_h100())
+    check = step_check(pd.read_csv(out), cluster_preset("dgx-h100"))
     assert check.err_pct.abs().max() < 25 and check.mem_err_pct.abs().max() < 15
 
 

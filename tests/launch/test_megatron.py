@@ -10,6 +10,7 @@ import warnings
 import pytest
 from launch_specs import GPT3, LLAMA, QWEN3, TINY_MOE
 
+from bench.megatron_step import resolved_config_kwargs
 from cost_models.specs import ModelSpec, Plan, SpecError
 from tuner.megatron import (
     check_megatron,
@@ -23,7 +24,6 @@ from tuner.megatron import (
 torch = pytest.importorskip("torch")
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    from megatron.core import activations
     from megatron.core.distributed import DistributedDataParallelConfig
     from megatron.core.transformer import TransformerConfig
 
@@ -71,12 +71,7 @@ def parse_megatron(args: list[str]) -> argparse.Namespace:
 
 def transformer_config(model: ModelSpec, plan: Plan) -> TransformerConfig:
     """megatron-core's TransformerConfig from the tuner's kwargs, names resolved to objects."""
-    kwargs = megatron_transformer_config_kwargs(model, plan)
-    for name in ("params_dtype", "pipeline_dtype"):
-        kwargs[name] = getattr(torch, kwargs[name])
-    name = kwargs["activation_func"]
-    kwargs["activation_func"] = getattr(activations, name, None) or getattr(
-        torch.nn.functional, name)
+    kwargs = resolved_config_kwargs(model, plan)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return TransformerConfig(**kwargs)

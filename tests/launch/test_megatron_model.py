@@ -6,7 +6,7 @@ import csv
 
 import pytest
 
-from cost_models.catalog import model_preset
+from bench.megatron_step import SMOKE_SHAPE, model_and_plan
 from cost_models.params import count_parameters
 from tests.bench.conftest import run_module
 
@@ -18,11 +18,7 @@ def test_megatron_core_model_has_the_parameters_the_cost_model_counts(tmp_path):
     done = run_module("bench.megatron_step", "--smoke", "-o", str(out), timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     (row,) = list(csv.DictReader(out.open()))
-    from dataclasses import replace
-
-    from bench.megatron_step import SMOKE_SHAPE
-
-    model = replace(model_preset("llama3-8b"), num_layers=2, **SMOKE_SHAPE)
+    model, _ = model_and_plan("llama3-8b", 2, 0, SMOKE_SHAPE)
     assert int(row["parameters"]) == count_parameters(model)
 
 

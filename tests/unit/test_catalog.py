@@ -137,8 +137,8 @@ def test_bad_size_strings_raise(bad):
 # --- clusters ------------------------------------------------------------------------------------
 
 def test_cluster_presets_are_consistent():
-    for key, builder in CLUSTERS.items():
-        cluster = builder()
+    for key in CLUSTERS:
+        cluster = cluster_preset(key)
         assert cluster.name == key
         nvlink, leaf, spine = cluster.tiers
         assert nvlink.domain_gpus == cluster.gpus_per_node and spine.domain_gpus == 0
