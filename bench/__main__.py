@@ -29,6 +29,7 @@ from bench.records import (
     read_results,
 )
 from bench.sweep import SweepConfig, Watchdog, parse_size, run_sweep, sizes
+from cost_models.cli_args import Parser
 
 EXIT_USAGE = 2  # bad input and failed runs: one line on stderr, exit code 2
 ENV_KEPT = ("NCCL_ALGO", "NCCL_PROTO", "NCCL_IB_HCA", "NCCL_SOCKET_IFNAME",
@@ -49,7 +50,7 @@ def _csv(kind):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    p = Parser(prog="python -m bench", description=__doc__.split("\n")[0])
     p.add_argument("collectives", help="comma list of " + ", ".join(c.value for c in Collective)
                    + ", or 'all'")
     p.add_argument("-b", "--minbytes", default="8", help="smallest size (K/M/G suffixes)")

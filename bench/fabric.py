@@ -34,6 +34,8 @@ import sys
 import time
 from dataclasses import dataclass
 
+from cost_models.cli_args import Parser
+
 PREFIX = "ptfab"
 SUBNET = "10.77.0"
 EXIT_USAGE = 2
@@ -234,7 +236,7 @@ def cleanup_stale() -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench.fabric",
+    p = Parser(prog="python -m bench.fabric",
                                 description="Run a benchmark on an emulated multi-node fabric")
     p.add_argument("--nodes", type=int, default=2)
     p.add_argument("--ranks-per-node", type=int, default=2)

@@ -13,7 +13,6 @@ reordering. It prints "ready" once every device exists and runs until SIGTERM.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import fcntl
 import os
@@ -22,6 +21,8 @@ import signal
 import struct
 import sys
 import time
+
+from cost_models.cli_args import Parser
 
 TUNSETIFF = 0x400454CA
 TUNSETOFFLOAD = 0x400454D0
@@ -108,7 +109,7 @@ def _realtime() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.fabric_link")
+    p = Parser(prog="python -m bench.fabric_link")
     p.add_argument("--delay-us", type=float, required=True, help="hold per frame, per hop")
     p.add_argument("pairs", nargs="+", help="A:B names of TAP devices to join")
     args = p.parse_args(argv)

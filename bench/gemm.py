@@ -27,6 +27,7 @@ import tempfile
 import time
 
 from bench.layer import LAYER_COLUMNS, layer_row, parse_layer_specs
+from cost_models.cli_args import Parser
 
 EXIT_USAGE = 2
 GEMM_COLUMNS = ("m", "k", "n", "what", "hidden", "tp", "tflops", "time_s", "precision",
@@ -123,7 +124,7 @@ def write_csv(path: str, columns, rows) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench.gemm", description=__doc__.split("\n")[0])
+    p = Parser(prog="python -m bench.gemm", description=__doc__.split("\n")[0])
     p.add_argument("-o", "--output", required=True, help="GEMM CSV to write")
     p.add_argument("--layer-output", default=None, help="transformer-layer CSV to write")
     p.add_argument("--hidden", default="4096,8192,12288,16384,25600")

@@ -24,6 +24,7 @@ import itertools
 import sys
 
 from bench.gemm import EXIT_USAGE, median_time_s, select_device, write_csv
+from cost_models.cli_args import Parser
 from cost_models.flops import CAUSAL_FRACTION, FLASH_BACKWARD_FACTOR
 
 ATTENTION_COLUMNS = ("backend", "batch", "heads", "seq", "head_dim", "fwd_s", "fwd_bwd_s",
@@ -151,7 +152,7 @@ def ints(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench.kernels",
+    p = Parser(prog="python -m bench.kernels",
                                 description=__doc__.split("\n")[0])
     p.add_argument("kind", choices=sorted(KINDS))
     p.add_argument("-o", "--output", required=True, help="CSV to write")

@@ -18,6 +18,8 @@ import sys
 import time
 from collections.abc import Callable
 
+from cost_models.cli_args import Parser
+
 EXIT_USAGE = 2
 
 
@@ -111,7 +113,7 @@ def _raise_interrupt(signum, frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.launch", description=__doc__.split("\n")[0])
+    p = Parser(prog="python -m bench.launch", description=__doc__.split("\n")[0])
     p.add_argument("-n", "--nproc", type=int, required=True, help="ranks to start")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds for the whole run")
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="-- then `python -m bench` args")

@@ -14,7 +14,6 @@ parameters only (megatron-core's attention and rotary embeddings run on CUDA alo
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import warnings
@@ -22,6 +21,7 @@ from dataclasses import replace
 
 from bench.gemm import EXIT_USAGE, median_time_s, select_device, write_csv
 from cost_models.catalog import model_preset
+from cost_models.cli_args import Parser
 from cost_models.specs import Plan, SpecError
 
 SMOKE_SHAPE = {"hidden_size": 256, "ffn_hidden_size": 512, "num_heads": 4, "num_kv_heads": 2,
@@ -119,7 +119,7 @@ def fwd_bwd_fn(gpt, model, device):
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.megatron_step",
+    p = Parser(prog="python -m bench.megatron_step",
                                 description=__doc__.split("\n")[0])
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--model", default="llama3-8b", help="model preset")
@@ -134,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     device, dtype = chosen
     try:
-        import megatron.core
+        with warnings.catch_warnings():  # megatron-core warns that TE and apex are absent
+            warnings.simplefilter("ignore")
+            import megatron.core
     except ImportError:
         print("megatron_step: error: needs megatron-core (pip install -e '.[launchers]')",
               file=sys.stderr)

@@ -12,7 +12,6 @@ It prints the median over rounds of each and their ratio; rank 0 prints.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -24,6 +23,7 @@ from bench.dist import connect
 from bench.harness import measure
 from bench.records import Collective
 from bench.sweep import parse_size
+from cost_models.cli_args import Parser
 
 AR = Collective.ALL_REDUCE
 
@@ -73,7 +73,7 @@ def compare(comm, size_bytes: int, iters: int, rounds: int) -> tuple[float, floa
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.overhead")
+    p = Parser(prog="python -m bench.overhead")
     p.add_argument("--backend", choices=("gloo", "nccl", "mpi"), default="gloo")
     p.add_argument("--sizes", default="4K,64K,1M,16M")
     p.add_argument("--iters", type=int, default=30)

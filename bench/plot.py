@@ -5,11 +5,11 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from bench.records import ResultsError, read_results
+from cost_models.cli_args import Parser
 
 EXIT_USAGE = 2
 
@@ -60,7 +60,7 @@ def plot(data: dict, folder: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.plot", description=__doc__.split("\n")[0])
+    p = Parser(prog="python -m bench.plot", description=__doc__.split("\n")[0])
     p.add_argument("results", nargs="+", help="results files (.jsonl)")
     p.add_argument("-o", "--output", required=True, help="folder for the PNGs")
     args = p.parse_args(argv)

@@ -20,6 +20,7 @@ import sys
 
 from bench.gemm import EXIT_USAGE, median_time_s, select_device, write_csv
 from bench.layer import LayerSpec, layer_forward, layer_weights, norm
+from cost_models.cli_args import Parser
 
 STEP_COLUMNS = ("layers", "hidden", "heads", "kv_heads", "ffn", "mlp", "seq", "vocab",
                 "micro_batches", "step_s", "peak_memory_bytes")
@@ -90,7 +91,7 @@ def row(args, device, dtype) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench.step", description=__doc__.split("\n")[0])
+    p = Parser(prog="python -m bench.step", description=__doc__.split("\n")[0])
     p.add_argument("-o", "--output", required=True, help="CSV to write")
     for name, default in (("layers", 4), ("hidden", 4096), ("heads", 32), ("kv-heads", 8),
                           ("ffn", 14336), ("seq", 8192), ("vocab", 128256),

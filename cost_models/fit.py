@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from bench.records import Collective, ResultsError, read_results
+from cost_models.cli_args import Parser
 from cost_models.comm import collective_time_s
 from cost_models.specs import ClusterSpec, CollectiveLink, LinkTier, SpecError
 
@@ -295,7 +296,7 @@ def build_profile(paths: list[str], base: ClusterSpec, *, name: str, statistic: 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m cost_models.fit", description=__doc__.split(
+    p = Parser(prog="python -m cost_models.fit", description=__doc__.split(
         "\n")[0])
     p.add_argument("results", nargs="+", help="results files (.jsonl) or folders of them")
     p.add_argument("-o", "--output", required=True, help="cluster profile to write (.json)")

@@ -12,13 +12,13 @@ tests/cost_models/test_kernel_fit.py re-derives them.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from cost_models.cli_args import Parser
 from cost_models.flops import FLASH_BACKWARD_FACTOR
 
 STREAMING_OPS = ("copy", "add", "gelu", "layer_norm")  # silu_mul reads strided halves
@@ -197,7 +197,7 @@ def report(folder: Path, cluster, gpu: str = "h100") -> str:
 def main(argv: list[str] | None = None) -> int:
     from cost_models.catalog_clusters import cluster_preset
 
-    p = argparse.ArgumentParser(prog="python -m cost_models.kernel_fit",
+    p = Parser(prog="python -m cost_models.kernel_fit",
                                 description=__doc__.split("\n")[0])
     p.add_argument("folder", type=Path, help="folder of bench.gemm/kernels/step results")
     p.add_argument("--gpu", default="h100", help="suffix of the file names (gemm_GPU.csv)")

@@ -21,7 +21,6 @@ import os
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"  # one core: set before numpy is imported
 
-import argparse  # noqa: E402
 import shlex  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
@@ -36,6 +35,7 @@ import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 
 from cost_models.analytical import estimate_batch  # noqa: E402
+from cost_models.cli_args import Parser  # noqa: E402
 from cost_models.plan_arrays import PlanArrays  # noqa: E402
 from tuner.autotune import build_parser, build_request  # noqa: E402
 from tuner.search import collect, exhaustive_best, make_sampler, run_study  # noqa: E402
@@ -188,7 +188,7 @@ def write_atomic(text: str, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, help="also write the report here")
     p.add_argument("--repeats", type=int, default=3, help="runs per command (median)")
     args = p.parse_args(argv)

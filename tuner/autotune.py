@@ -9,6 +9,7 @@ import sys
 from dataclasses import dataclass
 
 from cost_models.analytical import estimate
+from cost_models.cli_args import Parser
 from cost_models.gemm_curve import curve_for
 from cost_models.params import count_parameters
 from cost_models.specs import ClusterSpec, ModelSpec, Precision, SpecError
@@ -24,7 +25,7 @@ PROGRESS_MIN_LAYOUTS = 200
 
 
 def build_parser(prog: str = "autotune") -> argparse.ArgumentParser:
-    p = opt.Parser(prog=prog, description="Search the training plan with the highest "
+    p = Parser(prog=prog, description="Search the training plan with the highest "
                    "predicted MFU. Subcommands: predict, validate, launch (see "
                    f"'{prog} SUBCOMMAND --help').")
     opt.add_model_cluster_args(p)

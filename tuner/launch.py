@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cost_models.atomic import write_json_atomic
+from cost_models.cli_args import Parser
 from cost_models.specs import SpecError
 from tuner.plan_io import load_plan, parse_plan
 from tuner.slurm_env import SlurmEnvError, expand_hostlist
@@ -164,13 +165,8 @@ def deepspeed_config_path_for(plan_path: str | os.PathLike[str]) -> Path:
     return path.with_name(f"{path.stem}.deepspeed.json")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2, no usage block
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def build_parser(prog: str = "python -m tuner.launch") -> argparse.ArgumentParser:
-    parser = _Parser(prog=prog, description="Launch training from a partune plan file; "
+    parser = Parser(prog=prog, description="Launch training from a partune plan file; "
                      "arguments after -- go to the training script.")
     parser.add_argument("plan", help="plan JSON written by `autotune search`")
     parser.add_argument("--framework", choices=FRAMEWORKS, required=True)

@@ -26,13 +26,6 @@ _SUFFIX = {"": 1.0, "k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
 _QUANTITY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmbgt]?)\s*$", re.IGNORECASE)
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse that reports a bad flag in one line and exits 2 (no usage dump)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
 def quantity(text: str, flag: str) -> float:
     match = _QUANTITY.match(text)
     if match is None:

@@ -6,13 +6,14 @@ import argparse
 import json
 
 from cost_models.analytical import estimate
+from cost_models.cli_args import Parser
 from cost_models.specs import DEFAULT_ORDER, Estimate, Plan, SpecError
 from tuner import options as opt
 from tuner.plan_io import load_plan
 
 
 def build_parser(prog: str = "autotune predict") -> argparse.ArgumentParser:
-    p = opt.Parser(prog=prog, description="Predict step time, MFU and memory of one plan.")
+    p = Parser(prog=prog, description="Predict step time, MFU and memory of one plan.")
     opt.add_model_cluster_args(p)
     g = p.add_argument_group("plan (or --plan FILE)")
     g.add_argument("--plan", help="a plan JSON written by autotune --out")

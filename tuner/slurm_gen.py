@@ -28,6 +28,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from cost_models.cli_args import Parser
 from tuner.slurm_env import SlurmEnvError, wait_job
 
 KINDS = ("bench", "search", "search-array", "launch")
@@ -215,7 +216,7 @@ def report(job_id: str, timeout_s: float) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m tuner.slurm_gen", description=__doc__.split("\n")[0])
+    parser = Parser(prog="python -m tuner.slurm_gen", description=__doc__.split("\n")[0])
     kinds = parser.add_subparsers(dest="kind", required=True)
     for kind in KINDS:
         _add_common(kinds.add_parser(kind, help=f"the {kind} batch script"))
@@ -238,11 +239,6 @@ def build_parser() -> argparse.ArgumentParser:
     examples = kinds.add_parser("examples", help="write the example scripts to FOLDER")
     examples.add_argument("folder")
     return parser
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:

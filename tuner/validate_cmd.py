@@ -17,16 +17,16 @@ from pathlib import Path
 
 from cost_models.atomic import write_text_atomic
 from cost_models.catalog_clusters import cluster_for_run
+from cost_models.cli_args import Parser
 from cost_models.specs import SpecError
 from cost_models.validate import Row, Skipped, best_candidate, parse_rows, read_rows
-from tuner import options as opt
 
 PLAN_COLUMNS = ("tp", "pp", "vpp", "dp", "cp", "ep", "micro_batch_size", "sequence_parallel",
                 "recompute", "zero", "flash_attention")
 
 
 def build_parser(prog: str = "autotune validate") -> argparse.ArgumentParser:
-    p = opt.Parser(prog=prog, description="Predict published runs; report the error.")
+    p = Parser(prog=prog, description="Predict published runs; report the error.")
     p.add_argument("runs", help="CSV in the published-runs schema")
     p.add_argument("--out", required=True, help="predictions CSV to write")
     p.add_argument("--report", help="folder for a Markdown table and a PNG plot")
