@@ -13,6 +13,12 @@ the node's network bandwidth (gpus_per_node x the tier's per-GPU bandwidth) is s
 groups running on that node at the same time (`groups_per_node`, by default every GPU of the
 node is busy: gpus_per_node / ranks_per_node groups), and divided by the tier's
 oversubscription. Inside the node the group is capped by the NVLink bus bandwidth.
+
+The algorithms are NCCL's (ring, tree, pipelined broadcast), which is what planning needs.
+Benchmarks measured through gloo are fitted with gloo's own algorithms where they move
+different bytes (`library="gloo"`), so the fitted tiers describe the fabric, not the library:
+gloo's broadcast is a binomial tree of whole buffers and torch's gloo reduce-scatter is an
+all-reduce of the whole buffer (see `_gloo_broadcast_s` and GLOO_AS_ALL_REDUCE).
 """
 
 from __future__ import annotations
@@ -21,6 +27,16 @@ import numpy as np
 
 from bench.records import Collective
 from cost_models.specs import ClusterSpec
+
+LIBRARIES = ("nccl", "gloo", "mpi")  # mpi: modelled with NCCL's algorithms (MPICH's large-
+# message choices, ring/Rabenseifner all-reduce and scatter+all-gather broadcast, move the
+# same bytes per link)
+
+# torch's ProcessGroupGloo runs reduce_scatter_tensor as allreduce(input).chunk(n)[rank]
+# (pytorch/pytorch PR 118911: "still 2x communication than a real reduce-scatter"); measured
+# on the emulated fabric it costs 1.05x the all-reduce of the same buffer
+# (results/bench/quiet_host/fabric_2x2_1gbit.jsonl).
+GLOO_AS_ALL_REDUCE = frozenset({Collective.REDUCE_SCATTER})
 
 _RING_STEP_FACTOR = {  # ring steps per rank, as multiples of (n - 1)
     Collective.ALL_REDUCE: 2.0,
@@ -62,13 +78,20 @@ def _tier_arrays(cluster: ClusterSpec, collective: Collective, tier: np.ndarray)
 
 
 def collective_time_s(collective: Collective, size_bytes, group_size, ranks_per_node,
-                      cluster: ClusterSpec, groups_per_node=None) -> np.ndarray:
+                      cluster: ClusterSpec, groups_per_node=None,
+                      library: str = "nccl") -> np.ndarray:
     """Seconds for one `collective` of `size_bytes` (nccl-tests size) over `group_size` ranks.
 
     `ranks_per_node`: members of the group on each node it touches (<= gpus_per_node).
     `groups_per_node`: groups sharing a node's network at once (default: all GPUs busy).
+    `library`: whose algorithms move the bytes (LIBRARIES; planning uses NCCL's).
     A group of one rank costs nothing.
     """
+    if library not in LIBRARIES:
+        raise ValueError(f"library {library!r} is not one of {', '.join(LIBRARIES)}")
+    gloo = library == "gloo"
+    algorithm = Collective.ALL_REDUCE if gloo and collective in GLOO_AS_ALL_REDUCE \
+        else collective
     n = np.maximum(np.asarray(group_size, dtype=float), 1.0)
     k = np.clip(np.asarray(ranks_per_node, dtype=float), 1.0, n)
     size = np.asarray(size_bytes, dtype=float)
@@ -81,6 +104,11 @@ def collective_time_s(collective: Collective, size_bytes, group_size, ranks_per_
         groups_per_node = gpn / k
     node_net_bw = gpn * bw_out / (np.asarray(groups_per_node, dtype=float) * oversub)
     spans = nodes > 1
+    if gloo and collective == Collective.BROADCAST:
+        bw_time, steps = _gloo_broadcast_s(size, n, k, spans, bw_in, node_net_bw, lat_in,
+                                           lat_out)
+        return np.where(n > 1, steps + bw_time, 0.0)
+    collective = algorithm  # the bytes moved follow the algorithm; the link stays the call's
     if collective == Collective.ALL_TO_ALL:
         # (n-k)/n of each rank's bytes leave the node, (k-1)/n stay on NVLink.
         net_time = size * (n - k) / n / (node_net_bw / k)
@@ -91,12 +119,28 @@ def collective_time_s(collective: Collective, size_bytes, group_size, ranks_per_
     else:
         busbw = np.where(spans, np.minimum(bw_in, node_net_bw), bw_in)
         bw_time = size * bus_factor(collective, n) / busbw
-    latency = latency_steps(collective, n, k) * np.where(spans, lat_out, lat_in)
-    return np.where(n > 1, latency + bw_time, 0.0)
+    steps = latency_steps(collective, n, k, tree=not gloo)
+    return np.where(n > 1, steps * np.where(spans, lat_out, lat_in) + bw_time, 0.0)
 
 
-def latency_steps(collective: Collective, n: np.ndarray, k: np.ndarray) -> np.ndarray:
-    """Latency-bound steps: ring (n-1) multiples, all-reduce min(ring, double binary tree).
+def _gloo_broadcast_s(size, n, k, spans, bw_in, node_net_bw, lat_in, lat_out):
+    """(bandwidth seconds, latency seconds) of gloo's binomial-tree broadcast
+    (facebookincubator/gloo, gloo/broadcast.cc): ceil(log2 n) rounds; in round r every rank
+    that holds the buffer sends all of it to the rank 2^r further on. With the group's ranks
+    k to a node in rank order, the first log2(k) rounds stay inside nodes and each later round
+    has all k ranks of a node sending a whole buffer across the network at once."""
+    rounds = np.ceil(np.log2(n))
+    inside = np.where(spans, np.minimum(np.ceil(np.log2(k)), rounds), rounds)
+    across = rounds - inside
+    per_flow_bw = np.minimum(bw_in, node_net_bw / k)
+    bw_time = inside * size / bw_in + across * size / per_flow_bw
+    return bw_time, inside * lat_in + across * lat_out
+
+
+def latency_steps(collective: Collective, n: np.ndarray, k: np.ndarray,
+                  tree: bool = True) -> np.ndarray:
+    """Latency-bound steps: ring (n-1) multiples, all-reduce min(ring, double binary tree)
+    (`tree=False`: ring only, as gloo's ring all-reduce, gloo/allreduce.cc).
 
     Tree (NCCL 2.4, "Massively Scale Your Deep Learning Training with NCCL 2.4"): up and
     down a binary tree across nodes plus the chain inside a node, 2*((k-1) + log2(nodes)).
@@ -104,7 +148,7 @@ def latency_steps(collective: Collective, n: np.ndarray, k: np.ndarray) -> np.nd
     if collective == Collective.SEND_RECV:
         return np.ones_like(np.asarray(n, dtype=float))
     ring = _RING_STEP_FACTOR[collective] * (n - 1.0)
-    if collective != Collective.ALL_REDUCE:
+    if collective != Collective.ALL_REDUCE or not tree:
         return ring
-    tree = 2.0 * ((k - 1.0) + np.log2(np.maximum(n / k, 1.0)))
-    return np.minimum(ring, tree)
+    tree_steps = 2.0 * ((k - 1.0) + np.log2(np.maximum(n / k, 1.0)))
+    return np.minimum(ring, tree_steps)

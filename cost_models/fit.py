@@ -25,7 +25,7 @@ import pandas as pd
 
 from bench.records import Collective, ResultsError, read_results
 from cost_models.cli_args import Parser
-from cost_models.comm import collective_time_s
+from cost_models.comm import LIBRARIES, collective_time_s
 from cost_models.specs import ClusterSpec, CollectiveLink, LinkTier, SpecError
 
 EXIT_USAGE = 2
@@ -57,6 +57,7 @@ def load_frame(paths: list[str]) -> tuple[pd.DataFrame, list[dict], list[str]]:
         rows["collective"] = rows["collective"].map(lambda c: Collective(c).value)
         rows["file"] = path
         rows["gpus_per_node"] = int(results.header.get("ranks_per_node", 1))
+        rows["library"] = library_of(results.header)
         bad = rows["wrong"] != 0
         if bad.any():
             problems.append(f"{path}: dropped {int(bad.sum())} measurements with wrong results")
@@ -66,6 +67,12 @@ def load_frame(paths: list[str]) -> tuple[pd.DataFrame, list[dict], list[str]]:
         why = f": {problems[0]}" + (f" (and {len(problems) - 1} more)" if problems[1:] else "")
         raise FitError("no usable measurements in " + ", ".join(paths) + why)
     return pd.concat(frames, ignore_index=True), headers, problems
+
+
+def library_of(header: dict) -> str:
+    """Whose collective algorithms the file measured: its backend (nccl, gloo, mpi)."""
+    backend = str(header.get("backend") or header.get("args", {}).get("backend") or "nccl")
+    return backend if backend in LIBRARIES else "nccl"
 
 
 def _expand(paths: list[str]) -> list[str]:
@@ -98,12 +105,14 @@ def fit_cluster(cluster: ClusterSpec, tier_index: int, params: np.ndarray) -> Cl
 def predict_s(cluster: ClusterSpec, frame: pd.DataFrame) -> np.ndarray:
     """collective_time_s for every row (each with its own placement)."""
     out = np.empty(len(frame))
-    for name, rows in frame.groupby("collective"):
+    library = frame["library"] if "library" in frame else pd.Series("nccl", frame.index)
+    for (name, lib), rows in frame.groupby([frame["collective"], library]):
         idx = frame.index.get_indexer(rows.index)
         out[idx] = collective_time_s(Collective(name), rows["size_bytes"].to_numpy(float),
                                      rows["group_size"].to_numpy(float),
                                      rows["ranks_per_node"].to_numpy(float), cluster,
-                                     groups_per_node=rows["groups_per_node"].to_numpy(float))
+                                     groups_per_node=rows["groups_per_node"].to_numpy(float),
+                                     library=str(lib))
     return out
 
 

@@ -26,14 +26,16 @@ TRUTH = replace(skeleton(BASE, 2, "truth"), tiers=(
 LAYOUTS = [(4, "world", 2, 2, 1, 1), (2, "consecutive", 2, 1, 1, 2), (2, "strided", 1, 2, 2, 2)]
 
 
-def synthetic(path, collectives, noise=0.03, seed=0):
+def synthetic(path, collectives, noise=0.03, seed=0, backend="gloo", truth=TRUTH):
+    """Measurements made by the formula itself with `backend`'s algorithms, plus noise."""
     rng = np.random.default_rng(seed)
-    w = ResultsWriter(path, make_header(command="synthetic", backend="gloo", world_size=4,
+    w = ResultsWriter(path, make_header(command="synthetic", backend=backend, world_size=4,
                                         ranks_per_node=2, hosts=["a", "b"]))
     for c in collectives:
         for g, layout, k, nodes, gpn, running in LAYOUTS:
             for size in 2 ** np.arange(10, 25):
-                t = float(collective_time_s(c, size, g, k, TRUTH, groups_per_node=gpn))
+                t = float(collective_time_s(c, size, g, k, truth, groups_per_node=gpn,
+                                            library=backend))
                 t *= float(np.exp(rng.normal(0, noise)))
                 us = t * 1e6
                 w.write(Measurement(
@@ -61,6 +63,53 @@ def test_fit_recovers_known_tiers_and_overrides(tmp_path):
     assert fit["held_out"]["max_abs_rel_error"] < 0.15
     assert cluster.gpus_per_node == 2 and cluster.gpu == BASE.gpu
     assert checked["held_out"].any()
+
+
+PLAIN = replace(TRUTH, tiers=(TRUTH.tiers[0], replace(TRUTH.tiers[1], per_collective=())))
+
+
+def test_gloo_files_are_fitted_with_gloo_algorithms(tmp_path):
+    """gloo's broadcast (binomial tree) and reduce-scatter (an all-reduce) move other bytes
+    than NCCL's: fitted with gloo's algorithms they need no per-collective override and the
+    held-out strided groups are predicted; the same times read as NCCL's would not be."""
+    path = tmp_path / "gloo.jsonl"
+    collectives = [Collective.ALL_REDUCE, Collective.BROADCAST, Collective.REDUCE_SCATTER]
+    synthetic(path, collectives, noise=0.01, truth=PLAIN)
+    cluster, fit, _, _ = build_profile([str(path)], BASE, name="gloo", every_other_size=True,
+                                       holdout="layout == 'strided'")
+    assert all(not tier.per_collective for tier in cluster.tiers)
+    assert cluster.tiers[1].bandwidth_bytes_per_s == pytest.approx(60e6, rel=0.05)
+    assert fit["held_out"]["max_abs_rel_error"] < 0.10
+    nccl = tmp_path / "as_nccl.jsonl"
+    nccl.write_text(path.read_text().replace('"backend": "gloo"', '"backend": "nccl"'))
+    _, wrong, _, _ = build_profile([str(nccl)], BASE, name="nccl", every_other_size=True,
+                                   holdout="layout == 'strided'")
+    assert wrong["held_out"]["max_abs_rel_error"] > 0.3
+
+
+def test_gloo_broadcast_by_hand():
+    """2 nodes x 2 ranks, 1 MB: a round inside the node, then both ranks of node 0 send the
+    whole buffer across at once (gloo/broadcast.cc); strided pairs: one round across, the
+    two groups sharing the node's link."""
+    size, inter, intra = 1e6, PLAIN.tiers[1], PLAIN.tiers[0]
+    node_bw = 2 * inter.bandwidth_bytes_per_s
+    world = (intra.latency_s + size / intra.bandwidth_bytes_per_s
+             + inter.latency_s + size / (node_bw / 2))
+    assert float(collective_time_s(Collective.BROADCAST, size, 4, 2, PLAIN, groups_per_node=1,
+                                   library="gloo")) == pytest.approx(world)
+    strided = inter.latency_s + size / (node_bw / 2)
+    assert float(collective_time_s(Collective.BROADCAST, size, 2, 1, PLAIN, groups_per_node=2,
+                                   library="gloo")) == pytest.approx(strided)
+    # NCCL pipelines the broadcast: one buffer's time across the node's share of the link.
+    assert float(collective_time_s(Collective.BROADCAST, size, 4, 2, PLAIN,
+                                   groups_per_node=1)) < world
+    ar = collective_time_s(Collective.ALL_REDUCE, size, 4, 2, PLAIN, groups_per_node=1,
+                           library="gloo")
+    rs = collective_time_s(Collective.REDUCE_SCATTER, size, 4, 2, PLAIN, groups_per_node=1,
+                           library="gloo")
+    assert float(rs) == pytest.approx(float(ar))
+    with pytest.raises(ValueError, match="library"):
+        collective_time_s(Collective.BROADCAST, size, 4, 2, PLAIN, library="ucc")
 
 
 def test_cli_writes_a_profile_the_loaders_read(tmp_path):
