@@ -34,7 +34,7 @@ import numpy as np
 from bench.records import Collective
 from cost_models.comm import collective_time_s
 from cost_models.memory import ACT_BYTES, WEIGHT_BYTES, stage_param_counts
-from cost_models.plan_arrays import PlanArrays
+from cost_models.plan_arrays import FULL_RECOMPUTE, MOE_RECOMPUTE, PlanArrays
 from cost_models.specs import ClusterSpec, ModelSpec, Precision
 
 AR, AG, RS = Collective.ALL_REDUCE, Collective.ALL_GATHER, Collective.REDUCE_SCATTER
@@ -63,7 +63,7 @@ def tp_comm_per_layer_s(model: ModelSpec, plans: PlanArrays, k, cluster: Cluster
     tokens = plans.micro_batch_size * model.seq_len / plans.cp
     size = tokens * model.hidden_size * ACT_BYTES
     per_pass = 1.0 if moe else 2.0
-    passes = np.where(plans.recompute == 2, 3.0, 2.0)
+    passes = np.where(plans.recompute == FULL_RECOMPUTE, 3.0, 2.0)
     return per_pass * passes * tp_pair_time_s(size, plans, k, cluster)
 
 
@@ -83,7 +83,8 @@ def remote_copies_per_token(topk: int, nodes) -> np.ndarray:
 
 
 def ep_comm_per_layer_s(model: ModelSpec, plans: PlanArrays, k, cluster: ClusterSpec):
-    """Dispatch + combine of one MoE layer (forward and backward; again if fully recomputed).
+    """Dispatch + combine of one MoE layer (forward and backward; again when the layer or
+    its MoE block is recomputed).
 
     The all-to-all is sized so that its inter-node bytes are the deduplicated ones: a rank's
     nccl-tests a2a size S sends S*(n-k)/n off-node, so S = remote bytes * n / (n - k).
@@ -95,7 +96,8 @@ def ep_comm_per_layer_s(model: ModelSpec, plans: PlanArrays, k, cluster: Cluster
     remote = tokens * remote_copies_per_token(model.moe_topk, nodes) * token_bytes
     local = tokens * model.moe_topk * token_bytes
     size = np.where(nodes > 1, remote * n / np.maximum(n - kk, 1.0), local)
-    passes = np.where(plans.recompute == 2, 3.0, 2.0)
+    redone = (plans.recompute == FULL_RECOMPUTE) | (plans.recompute == MOE_RECOMPUTE)
+    passes = np.where(redone, 3.0, 2.0)
     return 2.0 * passes * collective_time_s(A2A, size, plans.ep, k, cluster)
 
 

@@ -22,6 +22,7 @@ from cost_models.flops import (
     BACKWARD_FACTOR,
     FLASH_BACKWARD_FACTOR,
     attention_core_flops,
+    expert_gemms,
     layer_gemms,
     logits_gemm,
 )
@@ -169,21 +170,37 @@ def grouped_rows_factor(rows_per_product, rows_half: float = GROUPED_ROWS_HALF) 
 
 
 def selective_recompute_s(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays,
-                          moe: bool, attention_s) -> np.ndarray:
+                          moe: bool, attention_s, whole_moe: bool = False) -> np.ndarray:
     """Forward work redone by selective recomputation, per layer and micro-batch.
 
     Unfused attention: Korthikanti et al. 2022's attention core (scores, softmax, dropout).
     Flash attention: the norms, and in MoE layers the expert activation (Megatron-Core
-    `--recompute-modules layernorm moe_act`): their element-wise passes."""
+    `--recompute-modules layernorm moe_act`): their element-wise passes; with `whole_moe`
+    (`--recompute-modules layernorm moe`) the norms and the MoE block's whole forward."""
     tokens = plans.micro_batch_size * model.seq_len / plans.cp
     h = model.hidden_size
     tp_div = np.where(plans.sequence_parallel, plans.tp, 1)
     copies = model.moe_topk if moe else 1
     f = model.moe_ffn_hidden_size if moe else model.ffn_hidden_size
-    act = copies * mlp_matrices(model.mlp) * f / plans.tp if moe else 0.0
+    act = copies * mlp_matrices(model.mlp) * f / plans.tp if moe and not whole_moe else 0.0
     passes = ELEMENT_BYTES * (4.0 * h / tp_div + act)
     modules = memory_bound_time_s(tokens * passes, cluster.gpu)
+    if moe and whole_moe:
+        modules = modules + moe_block_forward_s(model, cluster, plans)
     return np.where(plans.flash_attention, modules, attention_s)
+
+
+def moe_block_forward_s(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays):
+    """Forward seconds of one MoE block on one GPU: router and expert products, the expert
+    activation and the token permutation (the MoE share of elementwise_bytes_per_token)."""
+    tokens = plans.micro_batch_size * model.seq_len / plans.cp
+    peak, curve = _gemm_peak(cluster, plans), curve_for(cluster.gpu)
+    gemm = sum(grouped_gemm_time_s(g, peak, curve)
+               for g in expert_gemms(model, tokens, plans.tp, plans.ep))
+    per_token = model.moe_topk * (mlp_matrices(model.mlp) * model.moe_ffn_hidden_size
+                                  + 4 * model.hidden_size)
+    return gemm + memory_bound_time_s(tokens * ELEMENT_BYTES * per_token / plans.tp,
+                                      cluster.gpu)
 
 
 def flash_attention_s(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays, tokens):

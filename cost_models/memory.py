@@ -20,7 +20,7 @@ from cost_models.params import (
     mlp_matrices,
 )
 from cost_models.pipeline import stage_layers
-from cost_models.plan_arrays import PlanArrays
+from cost_models.plan_arrays import FULL_RECOMPUTE, PlanArrays
 from cost_models.specs import ModelSpec
 
 # Mixed-precision Adam, bytes per parameter (Megatron-LM docs/distrib_optimizer.md table):
@@ -82,7 +82,10 @@ def layer_activation_bytes_per_token(model: ModelSpec, plans: PlanArrays, moe: b
     replicated part too. Full recomputation keeps only each layer's 2h input. Selective
     recomputation with flash attention recomputes the norms and, in MoE layers, the expert
     activation (Megatron-Core `--recompute-modules layernorm moe_act`): the two norm outputs
-    (4h) and the expert activation outputs (f per routed copy) are not kept.
+    (4h) and the expert activation outputs (f per routed copy) are not kept. Recomputing the
+    whole MoE block (`--recompute-modules layernorm moe`) keeps none of its activations:
+    in MoE layers the norm outputs and every routed copy's tensors go; dense layers
+    recompute as selective.
     """
     h, q, kv = model.hidden_size, model.q_dim, model.kv_dim
     mats = mlp_matrices(model.mlp)
@@ -101,7 +104,9 @@ def layer_activation_bytes_per_token(model: ModelSpec, plans: PlanArrays, moe: b
     modules = np.where(plans.flash_attention,
                        ACT_BYTES * 2 * h / tp_div + (act_out / plans.tp if moe else 0.0), 0.0)
     kept_input = ACT_BYTES * h / tp_div
-    return np.choose(plans.recompute, [full, full - modules, kept_input])
+    block = ACT_BYTES * 2 * h / tp_div + mlp / plans.tp if moe else modules
+    block = np.where(plans.flash_attention, block, modules)
+    return np.choose(plans.recompute, [full, full - modules, kept_input, full - block])
 
 
 def score_bytes_per_token(model: ModelSpec, plans: PlanArrays) -> np.ndarray:
@@ -132,7 +137,8 @@ def activation_bytes(model: ModelSpec, plans: PlanArrays) -> np.ndarray:
                  + moe_share * layer_activation_bytes_per_token(model, plans, True))
     stored = inflight_layers(model, plans) * tokens * per_token
     # Full recomputation rebuilds one layer at a time: one layer's full activations on top.
-    working = np.where(plans.recompute == 2, tokens * _no_recompute(model, plans), 0.0)
+    working = np.where(plans.recompute == FULL_RECOMPUTE, tokens * _no_recompute(model, plans),
+                       0.0)
     return stored + working
 
 

@@ -14,7 +14,9 @@ import numpy as np
 
 from cost_models.specs import AXES, Plan, Precision, Recompute
 
-RECOMPUTE_CODES = (Recompute.NONE, Recompute.SELECTIVE, Recompute.FULL)
+RECOMPUTE_CODES = (Recompute.NONE, Recompute.SELECTIVE, Recompute.FULL, Recompute.MOE)
+FULL_RECOMPUTE = RECOMPUTE_CODES.index(Recompute.FULL)
+MOE_RECOMPUTE = RECOMPUTE_CODES.index(Recompute.MOE)
 PRECISION_CODES = (Precision.FP16, Precision.BF16, Precision.FP8)
 ORDERS = tuple("-".join(p) for p in itertools.permutations(AXES))
 # ORDER_POSITION[code, axis] = position of AXES[axis] in ORDERS[code], innermost = 0

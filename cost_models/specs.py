@@ -31,8 +31,9 @@ class Precision(StrEnum):
 
 class Recompute(StrEnum):
     NONE = "none"
-    SELECTIVE = "selective"
+    SELECTIVE = "selective"  # the norms (+ MoE activation); unfused: the attention core
     FULL = "full"
+    MOE = "moe"  # selective plus the whole MoE block (Megatron-Core: layernorm, moe)
 
 
 # Parallel axes that occupy distinct GPUs; ep is carved out of tp*cp*dp (Megatron-Core MoE).

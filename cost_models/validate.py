@@ -109,6 +109,18 @@ def _choices(row: dict, name: str, allowed: tuple) -> tuple:
     return (int(float(text)),) if isinstance(allowed[0], int) else (text,)
 
 
+def recompute_choices(row: dict, model: ModelSpec, modern: bool) -> tuple[str, ...]:
+    """The schema's `selective` covers Megatron-Core's module-level recompute of any modules:
+    for an MoE model that includes the whole MoE block (`layernorm, moe`)."""
+    allowed = ("none", "selective", "full") if modern else ("full",)
+    if model.is_moe and modern:
+        allowed += ("moe",)
+    chosen = _choices(row, "recompute", allowed)
+    if model.is_moe and chosen == ("selective",):
+        return ("selective", "moe")
+    return chosen
+
+
 def row_candidates(row: dict, model: ModelSpec) -> tuple[Plan, ...]:
     """Every plan consistent with the row: printed knobs fixed, empty ones free."""
     tp, pp, dp, cp = (_int(row, a) for a in ("tp", "pp", "dp", "cp"))
@@ -122,7 +134,7 @@ def row_candidates(row: dict, model: ModelSpec) -> tuple[Plan, ...]:
     space = itertools.product(
         _choices(row, "micro_batch_size", mbs_all), _choices(row, "vpp", vpp_all),
         _choices(row, "sequence_parallel", (0, 1) if tp > 1 and modern else (0,)),
-        _choices(row, "recompute", ("none", "selective", "full") if modern else ("full",)),
+        recompute_choices(row, model, modern),
         _choices(row, "zero", (0, 1) if modern else (0,)))
     plans = []
     for mbs, vpp, sp, recompute, zero in space:

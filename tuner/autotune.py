@@ -40,7 +40,8 @@ def build_parser(prog: str = "autotune") -> argparse.ArgumentParser:
     for name in ("tp", "pp", "cp", "ep", "vpp", "zero"):
         k.add_argument(f"--{name}", help=f"allowed {name} values, e.g. 8 or 4,8")
     k.add_argument("--micro-batch", help="allowed micro-batch sizes, e.g. 1,2")
-    k.add_argument("--recompute", help="allowed recompute modes: none,selective,full")
+    k.add_argument("--recompute", help="allowed recompute modes: none,selective,full,moe "
+                   "(moe: selective plus the whole MoE block; default all)")
     k.add_argument("--max-pp", type=int)
     k.add_argument("--max-tp", type=int)
     k.add_argument("--no-cp", action="store_true", help="no context parallelism")

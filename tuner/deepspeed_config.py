@@ -23,6 +23,10 @@ from cost_models.specs import ModelSpec, Plan, Precision, Recompute, SpecError
 
 def check_deepspeed(plan: Plan) -> None:
     """Raise SpecError for a plan DeepSpeed's engines refuse."""
+    if plan.recompute == Recompute.MOE:
+        raise SpecError(f"DeepSpeed cannot run plan {plan.name}: recompute 'moe' is "
+                        "Megatron-Core's --recompute-modules layernorm moe; use selective or "
+                        "full")
     if plan.pp > 1 and plan.zero >= 2:
         raise SpecError(f"DeepSpeed cannot run plan {plan.name}: its pipeline engine supports "
                         f"ZeRO stage 0 or 1 only, got zero={plan.zero} with pp={plan.pp}; "

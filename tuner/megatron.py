@@ -70,7 +70,12 @@ def check_megatron(model: ModelSpec, plan: Plan) -> None:
 def _check_experts(model: ModelSpec, plan: Plan, where: str) -> None:
     if not model.is_moe:
         _require(plan.ep == 1, f"{where} ep={plan.ep} needs an MoE model (num_experts > 1)")
+        _require(plan.recompute != Recompute.MOE,
+                 f"{where} recompute 'moe' needs an MoE model; use selective")
         return
+    _require(plan.recompute != Recompute.MOE or plan.flash_attention,
+             f"{where} recompute 'moe' is a module-level mode of flash-attention runs; use "
+             "selective or full without flash attention")
     _require(model.num_experts % plan.ep == 0,
              f"{where} num_experts={model.num_experts} is not divisible by ep={plan.ep}")
     dense_ranks = plan.tp * plan.cp * plan.dp
@@ -128,6 +133,8 @@ def recompute_modules(model: ModelSpec, plan: Plan) -> list[str]:
     attention Korthikanti's attention core (Megatron's default, core_attn)."""
     if not plan.flash_attention:
         return ["core_attn"]
+    if plan.recompute == Recompute.MOE:
+        return ["layernorm", "moe"]
     return ["layernorm"] + (["moe_act"] if model.is_moe else [])
 
 
@@ -142,7 +149,7 @@ def _overlap_args(plan: Plan) -> list[str]:
 def _batch_and_memory_args(model: ModelSpec, plan: Plan) -> list[str]:
     args = ["--micro-batch-size", str(plan.micro_batch_size),
             "--global-batch-size", str(plan.global_batch_size)]
-    if plan.recompute == Recompute.SELECTIVE:
+    if plan.recompute in (Recompute.SELECTIVE, Recompute.MOE):
         args += ["--recompute-granularity", "selective",
                  "--recompute-modules", *recompute_modules(model, plan)]
     elif plan.recompute == Recompute.FULL:
@@ -242,7 +249,7 @@ def _recompute_kwargs(model: ModelSpec, plan: Plan) -> dict[str, object]:
     if plan.recompute == Recompute.FULL:
         return {"recompute_granularity": "full", "recompute_method": "uniform",
                 "recompute_num_layers": 1}
-    if plan.recompute == Recompute.SELECTIVE:
+    if plan.recompute in (Recompute.SELECTIVE, Recompute.MOE):
         return {"recompute_granularity": "selective",
                 "recompute_modules": recompute_modules(model, plan)}
     return {}

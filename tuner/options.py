@@ -90,7 +90,7 @@ def recompute_list(text: str) -> tuple[Recompute, ...]:
     try:
         return tuple(Recompute(v) for v in text.split(","))
     except ValueError:
-        raise SpecError(f"--recompute {text!r}: use none, selective, full or a comma "
+        raise SpecError(f"--recompute {text!r}: use none, selective, full, moe or a comma "
                         "list") from None
 
 

@@ -23,7 +23,9 @@ def build_parser(prog: str = "autotune predict") -> argparse.ArgumentParser:
     g.add_argument("--micro-batch", type=int, default=1)
     g.add_argument("--global-batch", type=int, help="sequences per step")
     g.add_argument("--sequence-parallel", action="store_true")
-    g.add_argument("--recompute", default="none", choices=("none", "selective", "full"))
+    g.add_argument("--recompute", default="none", choices=("none", "selective", "full", "moe"),
+                   help="moe: selective plus the whole MoE block (Megatron-Core "
+                        "--recompute-modules layernorm moe)")
     g.add_argument("--zero", type=int, default=1, choices=(0, 1, 2, 3))
     g.add_argument("--order", default=DEFAULT_ORDER)
     g.add_argument("--no-flash-attention", action="store_true")

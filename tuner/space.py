@@ -147,6 +147,12 @@ def sp_choices(space: Space, tp: int) -> list[bool]:
     return [s for s in space.knobs.sequence_parallel if not s or tp > 1]
 
 
+def recompute_choices(space: Space) -> list[int]:
+    """Recompute codes to try; recomputing the MoE block only exists in MoE models."""
+    return [RECOMPUTE_CODES.index(r) for r in space.knobs.recompute
+            if r != Recompute.MOE or space.model.is_moe]
+
+
 def zero_choices(space: Space, pp: int) -> list[int]:
     return [z for z in space.knobs.zero if z <= 1 or pp == 1]
 
@@ -158,7 +164,7 @@ def inner_candidates(space: Space, layout: Layout) -> PlanArrays:
     lo, hi = space.global_batch_range
     grid = np.array(list(itertools.product(
         vpp_choices(space, layout.pp), global_batch_choices(lo, hi, dp), k.micro_batch_size,
-        sp_choices(space, layout.tp), [RECOMPUTE_CODES.index(r) for r in k.recompute],
+        sp_choices(space, layout.tp), recompute_choices(space),
         zero_choices(space, layout.pp),
         [ORDERS.index(o) for o in k.orders])), dtype=np.int64).reshape(-1, 7)
     vpp, gbs, mbs, sp, rec, zero, order = grid.T

@@ -67,6 +67,29 @@ def test_more_recompute_never_more_memory(case):
             by_mode = {int(r): p for r, p in zip(plans.recompute[same], peak[same])}
             if {0, 1, 2} <= set(by_mode):
                 assert by_mode[0] >= by_mode[1] >= by_mode[2]
+            if {1, 3} <= set(by_mode):  # recomputing the MoE block keeps less
+                assert by_mode[1] > by_mode[3]
+
+
+def test_moe_block_recompute_trades_time_for_memory():
+    """Long-context Qwen3-235B (ModelZoo: TP4 PP8 VPP4 EP8, 16K tokens): Megatron-Core's
+    `layernorm, moe` recompute fits the 80 GB GPU where `layernorm, moe_act` does not, and
+    costs the MoE block's forward and one more dispatch/combine."""
+    from cost_models.analytical import estimate
+    from cost_models.specs import Plan
+
+    model = replace(model_preset("qwen3-235b-a22b"), seq_len=16384)
+    cluster = cluster_preset("dgx-h100")
+    plan = Plan(tp=4, pp=8, vpp=4, dp=8, ep=8, global_batch_size=256, sequence_parallel=True,
+                recompute="selective", zero=1)
+    act, block = estimate(model, cluster, plan), estimate(model, cluster,
+                                                         replace(plan, recompute="moe"))
+    assert not act.feasible and block.feasible
+    assert block.memory_breakdown_bytes["activations"] < act.memory_breakdown_bytes[
+        "activations"] / 2
+    assert block.breakdown_s["recompute"] > 5 * act.breakdown_s["recompute"]
+    assert block.breakdown_s["ep_comm"] == pytest.approx(1.5 * act.breakdown_s["ep_comm"])
+    assert block.breakdown_s["tp_comm"] == pytest.approx(act.breakdown_s["tp_comm"])
 
 
 def test_more_recompute_costs_time():

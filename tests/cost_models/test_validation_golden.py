@@ -42,7 +42,17 @@ def test_every_usable_row_is_predicted(predictions):
 
 def test_mean_error_within_tolerance(predictions):
     preds, _ = predictions
-    assert preds.abs_err_pct.mean() <= 9.0
+    assert preds.abs_err_pct.mean() <= 8.0
+
+
+def test_every_published_run_fits_in_memory(predictions):
+    """The runs were made, so some plan consistent with each row fits its GPUs: the
+    long-context Qwen3 rows fit only by recomputing the MoE block, as their README says."""
+    preds, _ = predictions
+    assert preds.fits_memory.all(), preds[~preds.fits_memory][["id"]].to_string()
+    long_context = preds[preds.id.str.contains("qwen3-235b-s(?:16|32|64|128)k", regex=True)]
+    assert len(long_context) == 8 and set(long_context.plan_recompute) == {"moe"}
+    assert long_context.abs_err_pct.max() <= 20.0
 
 
 @pytest.mark.parametrize("family,max_err", [("narayanan21-t1", 6.0), ("korthikanti22", 12.0),

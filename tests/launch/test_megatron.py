@@ -163,6 +163,10 @@ def test_precision_recompute_and_zero_flags():
     i = full.index("--recompute-granularity")
     assert full[i:i + 6] == ["--recompute-granularity", "full", "--recompute-method", "uniform",
                              "--recompute-num-layers", "1"]
+    moe = megatron_args(QWEN3, Plan(tp=2, dp=2, ep=4, global_batch_size=8, recompute="moe"))
+    i = moe.index("--recompute-granularity")
+    assert moe[i:i + 5] == ["--recompute-granularity", "selective", "--recompute-modules",
+                            "layernorm", "moe"]
     zero3 = megatron_args(LLAMA, Plan(tp=2, dp=2, global_batch_size=8, zero=3))
     i = zero3.index("--use-megatron-fsdp")
     assert zero3[i:i + 5] == ["--use-megatron-fsdp", "--data-parallel-sharding-strategy",
@@ -218,6 +222,8 @@ def test_check_megatron_rejects_what_megatron_core_lets_through(case):
 
 @pytest.mark.parametrize(("model", "plan", "expected"), [
     (LLAMA, Plan(tp=2, dp=1, ep=2, global_batch_size=8), "ep=2 needs an MoE model"),
+    (LLAMA, Plan(tp=2, dp=1, global_batch_size=8, recompute="moe"),
+     "recompute 'moe' needs an MoE model"),
     (QWEN3, Plan(tp=4, dp=2, ep=16, global_batch_size=8), "ep=16 must divide tp*cp*dp=8"),
     (QWEN3, Plan(tp=2, dp=2, ep=2, global_batch_size=8, precision="fp16"),
      "does not support fp16"),

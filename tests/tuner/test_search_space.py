@@ -127,6 +127,14 @@ def test_unpinned_spaces_use_every_kind_of_parallelism(model, gpus, seq_len, exp
     assert max(values) > 1
 
 
+def test_moe_block_recompute_is_offered_to_moe_models_only():
+    moe_code = RECOMPUTE_CODES.index(Recompute.MOE)
+    for model, expect in (("qwen3-235b-a22b", True), ("llama3-70b", False)):
+        space = make_space(model, "dgx-h100", 256, (512, 512))
+        codes = {int(c) for x in layouts(space)[:4] for c in inner_candidates(space, x).recompute}
+        assert (moe_code in codes) is expect
+
+
 def test_dense_short_sequence_models_get_no_cp_or_ep():
     space = make_space("gpt3-175b", "dgx-h100", 1024, (1536, 1536))
     assert {(x.cp, x.ep) for x in layouts(space)} == {(1, 1)}
