@@ -9,6 +9,10 @@ run() {  # run OUT CMD...: "$ CMD" then its output, written to OUT in one piece
 }
 run results/validation/summary.txt autotune validate cost_models/data/published_runs_dev.csv \
   --out results/validation/preds_dev.csv --report results/validation
+mkdir -p results/validation/unseen
+run results/validation/unseen/summary.txt autotune validate \
+  cost_models/data/published_runs_unseen.csv --out results/validation/unseen/preds.csv \
+  --report results/validation/unseen
 run results/plans/500b_10000_dgx-h100.txt autotune --model 500b --gpus 10000 \
   --out results/plans/500b_10000_dgx-h100.json --plot results/plans/500b_10000
 run results/plans/500b_9984_dgx-h100.txt autotune --model 500b --gpus 9984 \

@@ -85,3 +85,14 @@ def test_rows_in_any_order_give_the_same_predictions(tmp_path, predictions):
     again = pd.read_csv(out).set_index("id").pred_iter_time_s
     pd.testing.assert_series_equal(again.sort_index(),
                                    preds.set_index("id").pred_iter_time_s.sort_index())
+
+
+def test_unseen_runs_file_is_predicted(tmp_path):
+    """The runs never fitted to go through the same command (their figures: README)."""
+    unseen = RUNS.with_name("published_runs_unseen.csv")
+    out = tmp_path / "unseen.csv"
+    subprocess.run([sys.executable, "-m", "tuner", "validate", str(unseen), "--out", str(out)],
+                   capture_output=True, text=True, check=True)
+    preds = pd.read_csv(out)
+    assert set(preds.id) == set(pd.read_csv(unseen).id)
+    assert preds.set_index("id").abs_err_pct["nemotron4-340b-report-6144g"] <= 15.0
