@@ -32,7 +32,7 @@ from cost_models.compute import (
 )
 from cost_models.flops import model_flops_per_token
 from cost_models.memory import memory_breakdown, stage_param_counts
-from cost_models.pipeline import stage_layers
+from cost_models.pipeline import inner_and_last_layers
 from cost_models.placement import group_ranks_per_node
 from cost_models.plan_arrays import PRECISION_CODES, PlanArrays, from_plans
 from cost_models.specs import ClusterSpec, Estimate, ModelSpec, Plan
@@ -62,13 +62,26 @@ class BatchEstimate:
 
 
 def _per_microbatch(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays, k: dict):
-    """Seconds per micro-batch on the slowest (last) stage, by term."""
-    layers = stage_layers(model.num_layers, plans.pp)
+    """Seconds per micro-batch on the slowest stage, by term: the fullest inner stage or the
+    last one (fewer layers when the split is uneven, plus the logits), whichever is slower."""
+    per_layer = _per_layer(model, cluster, plans, k)
+    logits = logits_time_s(model, cluster, plans)
+    inner, last = inner_and_last_layers(model.num_layers, plans.pp)
+    layer_s = sum(per_layer.values())
+    on_last = last * layer_s + logits >= inner * layer_s
+    layers = np.where(on_last, last, inner)
+    terms = {name: layers * value for name, value in per_layer.items()}
+    terms["compute"] = terms["compute"] + np.where(on_last, logits, 0.0)
+    return terms
+
+
+def _per_layer(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays, k: dict):
+    """Seconds per micro-batch of one layer, by term (dense and MoE layers in proportion)."""
     terms = {name: 0.0 for name in ("compute", "recompute", "tp_comm", "cp_comm", "ep_comm")}
     for moe, count in ((False, model.num_dense_layers), (True, model.num_moe_layers)):
         if count == 0:
             continue
-        share = layers * count / model.num_layers
+        share = count / model.num_layers
         t = layer_times(model, cluster, plans, moe)
         selective = selective_recompute_s(model, cluster, plans, moe, t.attention_s)
         whole_moe = selective_recompute_s(model, cluster, plans, moe, t.attention_s,
@@ -85,7 +98,6 @@ def _per_microbatch(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays, k
         if moe:
             terms["ep_comm"] = terms["ep_comm"] + share * ep_comm_per_layer_s(
                 model, plans, k["ep"], cluster)
-    terms["compute"] = terms["compute"] + logits_time_s(model, cluster, plans)
     return terms
 
 

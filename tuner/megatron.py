@@ -19,7 +19,7 @@ Standard library only: megatron-core needs torch, which tuner/ must not import.
 
 from __future__ import annotations
 
-from cost_models.pipeline import pipeline_split
+from cost_models.pipeline import interleaving, pipeline_split
 from cost_models.specs import Mlp, ModelSpec, Plan, Precision, Recompute, SpecError
 
 # Megatron-LM can lay ranks out in two orders only (innermost first): its default, and the one
@@ -50,9 +50,10 @@ def check_megatron(model: ModelSpec, plan: Plan) -> None:
     _require(model.num_kv_heads % plan.tp == 0,
              f"{where} num_kv_heads={model.num_kv_heads} (query groups) is not divisible by "
              f"tp={plan.tp}; use a tp that divides {model.num_kv_heads}")
-    _require(plan.vpp == 1 or model.num_layers % (plan.pp * plan.vpp) == 0,
-             f"{where} num_layers={model.num_layers} is not divisible by pp*vpp="
-             f"{plan.pp}*{plan.vpp} (interleaving needs equal stages)")
+    _require(plan.vpp == 1 or interleaving(model.num_layers, plan.pp, plan.vpp) is not None,
+             f"{where} neither num_layers={model.num_layers} nor num_layers + 2 (the embedding "
+             f"and the loss counted as layers) is divisible by pp*vpp={plan.pp}*{plan.vpp} "
+             "(interleaving needs equal stages)")
     _require(pipeline_split(model.num_layers, plan.pp) is not None,
              f"{where} num_layers={model.num_layers} cannot be split over pp={plan.pp} "
              "stages (uneven splits keep the middle stages equal)")
@@ -99,9 +100,18 @@ def moe_layer_pattern(model: ModelSpec) -> str:
     return "[" + ",".join(str(flag) for flag in flags) + "]"
 
 
+def accounts_embedding_and_loss(model: ModelSpec, plan: Plan) -> bool:
+    """Interleaving over layers pp*vpp does not divide: the embedding and the loss count as
+    layers (Megatron-Core account_for_{embedding,loss}_in_pipeline_split)."""
+    return plan.vpp > 1 and interleaving(
+        model.num_layers, plan.pp, plan.vpp) == "embedding_and_loss"
+
+
 def uneven_stage_layers(model: ModelSpec, plan: Plan) -> tuple[int | None, int | None]:
-    """Layers of the first and last stage when pp does not divide the layers, else None."""
-    if plan.pp == 1 or model.num_layers % plan.pp == 0:
+    """Layers of the first and last stage when pp does not divide the layers, else None
+    (also None when interleaving counts the embedding and the loss instead)."""
+    if plan.pp == 1 or model.num_layers % plan.pp == 0 or accounts_embedding_and_loss(
+            model, plan):
         return None, None
     split = pipeline_split(model.num_layers, plan.pp)
     assert split is not None  # check_megatron refused the plan otherwise
@@ -111,7 +121,11 @@ def uneven_stage_layers(model: ModelSpec, plan: Plan) -> tuple[int | None, int |
 def _parallel_args(model: ModelSpec, plan: Plan) -> list[str]:
     args = ["--tensor-model-parallel-size", str(plan.tp),
             "--pipeline-model-parallel-size", str(plan.pp)]
-    if plan.vpp > 1:
+    if accounts_embedding_and_loss(model, plan):
+        args += ["--virtual-pipeline-model-parallel-size", str(plan.vpp),
+                 "--account-for-embedding-in-pipeline-split",
+                 "--account-for-loss-in-pipeline-split"]
+    elif plan.vpp > 1:
         per_stage = model.num_layers // (plan.pp * plan.vpp)
         args += ["--num-layers-per-virtual-pipeline-stage", str(per_stage)]
     first, last = uneven_stage_layers(model, plan)
@@ -240,6 +254,9 @@ def megatron_transformer_config_kwargs(model: ModelSpec, plan: Plan) -> dict[str
     if first is not None:
         kwargs |= {"num_layers_in_first_pipeline_stage": first,
                    "num_layers_in_last_pipeline_stage": last}
+    if accounts_embedding_and_loss(model, plan):
+        kwargs |= {"account_for_embedding_in_pipeline_split": True,
+                   "account_for_loss_in_pipeline_split": True}
     kwargs.update(_recompute_kwargs(model, plan))
     kwargs.update(_moe_kwargs(model))
     return kwargs

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cost_models.pipeline import pipeline_split
+from cost_models.pipeline import EMBEDDING_AND_LOSS_SLOTS, pipeline_split
 from cost_models.plan_arrays import ORDERS, PRECISION_CODES, RECOMPUTE_CODES, PlanArrays
 from cost_models.specs import ClusterSpec, ModelSpec, Precision, Recompute, SpecError
 
@@ -137,9 +137,10 @@ def global_batch_choices(lo: int, hi: int, dp: int) -> list[int]:
 def vpp_choices(space: Space, pp: int) -> list[int]:
     if pp == 1:
         return _allowed([1], space.knobs.vpp)  # a --vpp pin without 1 excludes pp 1
-    if space.model.num_layers % pp:
-        return _allowed([1], space.knobs.vpp)  # uneven stages: no interleaving
-    valid = divisors(space.model.num_layers // pp)
+    layers = space.model.num_layers
+    # equal virtual stages, of the layers or of the layers plus the embedding and the loss
+    valid = sorted({1} | {v for slots in (layers, layers + EMBEDDING_AND_LOSS_SLOTS)
+                          if slots % pp == 0 for v in divisors(slots // pp)})
     return _allowed(valid, space.knobs.vpp)
 
 

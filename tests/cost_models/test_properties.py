@@ -125,3 +125,27 @@ def test_an_infeasible_plan_says_which_term_does_not_fit_and_by_how_much():
     fits = estimate(model_preset("llama3-8b"), cluster,
                     Plan(tp=1, dp=8, global_batch_size=8, zero=1, recompute="full"))
     assert fits.feasible and fits.infeasible_reason is None
+
+
+def test_uneven_split_waits_for_the_slower_of_a_full_stage_and_the_last():
+    """Llama 3 405B on 16 stages (Dubey et al. 2024: one layer fewer on the first and last
+    stage): 126 layers + embedding + loss = 16 x 8 slots, so 8-way interleaving runs, and a
+    step costs a full stage's 8 layers, not 8 layers plus the logits (the 128-layer model)."""
+    from cost_models.analytical import estimate
+    from cost_models.compute import logits_time_s
+    from cost_models.pipeline import inner_and_last_layers, interleaving
+    from cost_models.plan_arrays import from_plans
+    from cost_models.specs import Plan
+    from tuner.megatron import check_megatron
+
+    model, cluster = model_preset("llama3-405b"), cluster_preset("dgx-h100")
+    plan = Plan(tp=8, pp=16, vpp=8, dp=128, global_batch_size=2048, sequence_parallel=True,
+                recompute="selective", zero=1)
+    assert interleaving(model.num_layers, 16, 8) == "embedding_and_loss"
+    check_megatron(model, plan)
+    inner, last = inner_and_last_layers(model.num_layers, np.array([16]))
+    assert (int(inner[0]), int(last[0])) == (8, 7)
+    short = estimate(model, cluster, plan).breakdown_s["compute"]
+    full = estimate(replace(model, num_layers=128), cluster, plan).breakdown_s["compute"]
+    logits = float(logits_time_s(model, cluster, from_plans([plan]))[0])
+    assert full - short == pytest.approx(plan.num_microbatches * logits, rel=1e-6)

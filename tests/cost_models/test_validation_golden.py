@@ -52,7 +52,8 @@ def test_every_published_run_fits_in_memory(predictions):
     assert preds.fits_memory.all(), preds[~preds.fits_memory][["id"]].to_string()
     long_context = preds[preds.id.str.contains("qwen3-235b-s(?:16|32|64|128)k", regex=True)]
     assert len(long_context) == 8 and set(long_context.plan_recompute) == {"moe"}
-    assert long_context.abs_err_pct.max() <= 20.0
+    forced = long_context[long_context.id.str.endswith("forced")]
+    assert forced.abs_err_pct.max() <= 6.0  # dropless rows add routing imbalance: README
 
 
 @pytest.mark.parametrize("family,max_err", [("narayanan21-t1", 6.0), ("korthikanti22", 12.0),

@@ -32,6 +32,9 @@ with warnings.catch_warnings():
 MEGATRON_LM_FLAGS = {
     "--tensor-model-parallel-size": int, "--pipeline-model-parallel-size": int,
     "--num-layers-per-virtual-pipeline-stage": int, "--context-parallel-size": int,
+    "--virtual-pipeline-model-parallel-size": int,
+    "--account-for-embedding-in-pipeline-split": None,
+    "--account-for-loss-in-pipeline-split": None,
     "--decoder-first-pipeline-num-layers": int, "--decoder-last-pipeline-num-layers": int,
     "--expert-model-parallel-size": int, "--expert-tensor-parallel-size": int,
     "--sequence-parallel": None, "--use-tp-pp-dp-mapping": None,
@@ -96,6 +99,10 @@ ACCEPTED = {
                                         recompute="selective", zero=1)),
     "llama-uneven-pp3": (LLAMA, Plan(tp=8, pp=3, dp=2, global_batch_size=16,
                                      sequence_parallel=True, zero=1)),
+    # 94 layers + embedding + loss = 96 slots = 8 stages x 4 chunks x 3 (the ModelZoo's runs)
+    "qwen3-interleaved-embedding-and-loss": (QWEN3, Plan(
+        tp=4, pp=8, vpp=4, dp=8, ep=8, global_batch_size=256, sequence_parallel=True,
+        recompute="moe", zero=1)),
 }
 
 
@@ -130,7 +137,13 @@ def test_arguments_are_megatron_lm_flags_with_the_same_values(case):
     assert parsed.micro_batch_size * plan.dp * plan.num_microbatches == \
         parsed.global_batch_size
     assert parsed.seq_length == parsed.max_position_embeddings == model.seq_len
-    if plan.vpp > 1:  # Megatron-LM: vpp = (num_layers / pp) / layers per virtual stage
+    accounted = kwargs.get("account_for_embedding_in_pipeline_split", False)
+    assert parsed.account_for_embedding_in_pipeline_split == accounted
+    assert parsed.account_for_loss_in_pipeline_split == accounted
+    if accounted:
+        assert parsed.virtual_pipeline_model_parallel_size == plan.vpp
+        assert (parsed.num_layers + 2) % (plan.pp * plan.vpp) == 0
+    elif plan.vpp > 1:  # Megatron-LM: vpp = (num_layers / pp) / layers per virtual stage
         per_stage = parsed.num_layers // parsed.pipeline_model_parallel_size
         assert per_stage // parsed.num_layers_per_virtual_pipeline_stage == plan.vpp
     else:
@@ -190,7 +203,8 @@ def test_moe_layer_pattern_matches_the_model_count():
 # Plans megatron-core 0.16.1 constructs without complaint but Megatron-LM cannot train.
 REJECTED = {
     "layers % (pp*vpp)": (GPT3, Plan(tp=8, pp=8, vpp=5, dp=1, global_batch_size=8),
-                          "num_layers=96 is not divisible by pp*vpp=8*5"),
+                          "neither num_layers=96 nor num_layers + 2 (the embedding and the "
+                          "loss counted as layers) is divisible by pp*vpp=8*5"),
     "layers over pp": (LLAMA, Plan(pp=79, dp=1, global_batch_size=8),
                        "num_layers=80 cannot be split over pp=79 stages"),
     "query groups % tp": (QWEN3, Plan(tp=8, dp=1, global_batch_size=8),

@@ -100,10 +100,11 @@ def every_plan(space: Space) -> list[Plan]:
     k, lo, hi = space.knobs, *space.global_batch_range
     plans = []
     for tp, pp, cp, ep, dp in _degrees(space):
-        per_stage = space.model.num_layers // pp
-        even = space.model.num_layers % pp == 0
-        vpps = [v for v in range(1, per_stage + 1) if per_stage % v == 0 and (v == 1 or pp > 1)
-                and (v == 1 or even) and _pinned(v, k.vpp)]
+        layers = space.model.num_layers
+        # interleaving: equal virtual stages of the layers, or of the layers plus the
+        # embedding and the loss (Megatron-Core account_for_*_in_pipeline_split)
+        vpps = [v for v in range(1, layers + 3) if _pinned(v, k.vpp) and (v == 1 or (
+                pp > 1 and (layers % (pp * v) == 0 or (layers + 2) % (pp * v) == 0)))]
         gbss = [g for g in range(lo, hi + 1) if g % dp == 0]
         assert len(gbss) <= 12, "range too wide: the space would thin it (MAX_GBS_CHOICES)"
         for vpp, gbs, mbs, sp, rec, zero, order in itertools.product(

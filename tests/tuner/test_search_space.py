@@ -49,6 +49,7 @@ def check_arrays(space, a) -> None:
         "heads % tp": (m.num_heads % a.tp == 0) & (m.num_kv_heads % a.tp == 0),
         "tp within a node": a.tp <= space.cluster.gpus_per_node,
         "layers over pp*vpp": (m.num_layers % (a.pp * a.vpp) == 0) | (
+            (a.pp > 1) & ((m.num_layers + 2) % (a.pp * a.vpp) == 0)) | (
             (a.vpp == 1) & np.array([splits_over(m.num_layers, int(p)) for p in a.pp],
                                     dtype=bool)),
         "gbs % (mbs*dp)": a.global_batch_size % (a.micro_batch_size * a.dp) == 0,
