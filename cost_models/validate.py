@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from cost_models.analytical import TIME_TERMS, estimate_batch
+from cost_models.pipeline import interleaving
 from cost_models.plan_arrays import PlanArrays, from_plans, to_plan
 from cost_models.specs import ClusterSpec, ModelSpec, Plan, SpecError
 
@@ -127,7 +128,8 @@ def row_candidates(row: dict, model: ModelSpec) -> tuple[Plan, ...]:
     gbs = _int(row, "global_batch_size")
     per_rank = gbs // dp if gbs % dp == 0 else 1
     mbs_all = tuple(b for b in (1, 2, 4, 8, 16, 32) if per_rank % b == 0) or (1,)
-    vpp_all = tuple(v for v in (1, 2, 3, 4, 6, 8) if model.num_layers % (pp * v) == 0)
+    vpp_all = tuple(v for v in (1, 2, 3, 4, 6, 8)
+                    if interleaving(model.num_layers, pp, v) is not None)
     vpp_all = (vpp_all or (1,)) if pp > 1 else (1,)
     flash = uses_flash_attention(row)
     modern = publication_year(row) >= MEGATRON_2022_FEATURES_YEAR

@@ -96,4 +96,7 @@ def test_unseen_runs_file_is_predicted(tmp_path):
                    capture_output=True, text=True, check=True)
     preds = pd.read_csv(out)
     assert set(preds.id) == set(pd.read_csv(unseen).id)
-    assert preds.set_index("id").abs_err_pct["nemotron4-340b-report-6144g"] <= 15.0
+    errors = preds.set_index("id").abs_err_pct
+    assert errors["nemotron4-340b-report-6144g"] <= 15.0
+    assert errors["llama3-405b-16384g"] <= 15.0
+    assert preds.set_index("id").plan_vpp["llama3-405b-16384g"] > 1  # 126 + 2 slots
