@@ -27,6 +27,10 @@ def check_deepspeed(plan: Plan) -> None:
         raise SpecError(f"DeepSpeed cannot run plan {plan.name}: recompute 'moe' is "
                         "Megatron-Core's --recompute-modules layernorm moe; use selective or "
                         "full")
+    if plan.vpp > 1:
+        raise SpecError(f"DeepSpeed cannot run plan {plan.name}: its pipeline engine runs 1F1B "
+                        f"without interleaving, so vpp={plan.vpp} would not be the schedule "
+                        "predicted; launch it with --framework megatron, or search with --vpp 1")
     if plan.pp > 1 and plan.zero >= 2:
         raise SpecError(f"DeepSpeed cannot run plan {plan.name}: its pipeline engine supports "
                         f"ZeRO stage 0 or 1 only, got zero={plan.zero} with pp={plan.pp}; "

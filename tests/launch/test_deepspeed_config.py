@@ -81,6 +81,21 @@ def test_pipeline_with_zero2_or_3_is_refused():
             deepspeed_config(LLAMA, Plan(tp=2, pp=2, dp=2, global_batch_size=8, zero=zero))
 
 
+def test_interleaved_and_moe_block_recompute_plans_are_refused():
+    """DeepSpeed's pipeline engine has no interleaved schedule, and the MoE-block recompute is
+    a Megatron-Core module list: one line each, and the plan file keeps the reason."""
+    from tuner.plan_io import launch_block
+
+    interleaved = Plan(pp=2, vpp=2, dp=1, micro_batch_size=1, global_batch_size=4, zero=1)
+    with pytest.raises(SpecError, match="1F1B without interleaving, so vpp=2") as caught:
+        deepspeed_config(TINY, interleaved)
+    assert "\n" not in str(caught.value)
+    block = launch_block(TINY, interleaved)
+    assert block["deepspeed_config"] is None and "vpp=2" in block["unsupported"]["deepspeed"]
+    with pytest.raises(SpecError, match="recompute 'moe'"):
+        deepspeed_config(TINY, Plan(dp=2, global_batch_size=4, recompute="moe"))
+
+
 def test_without_a_process_group_deepspeed_assumes_world_size_1():
     # Why the batch check must run on real ranks: in-process, DeepSpeed checks dp=2 configs
     # against a world of 1 and rejects the right one while accepting a dp=1 config.
