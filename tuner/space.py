@@ -191,6 +191,9 @@ def check_space(space: Space) -> None:
     if pinned_ep is not None and not space.model.is_moe and pinned_ep != (1,):
         raise SpecError(f"--ep {','.join(map(str, pinned_ep))}: {space.model.name} is a dense "
                         "model; expert parallelism needs experts (drop --ep)")
+    if not recompute_choices(space):
+        raise SpecError(f"--recompute moe: {space.model.name} is a dense model; recomputing "
+                        "the MoE block needs experts (use none, selective or full)")
     if not tp_choices(space):
         raise SpecError(f"no tensor-parallel degree divides {space.num_gpus} GPUs, the "
                         f"{space.model.num_heads} heads and {space.model.num_kv_heads} KV "

@@ -144,6 +144,7 @@ def test_dense_short_sequence_models_get_no_cp_or_ep():
 @pytest.mark.parametrize("model, gpus, knobs, words", [
     ("llama3-8b", 7, {"tp": (8,)}, "no tensor-parallel degree divides 7 GPUs"),
     ("llama3-8b", 64, {"ep": (8,)}, "expert parallelism needs experts"),
+    ("llama3-8b", 64, {"recompute": (Recompute.MOE,)}, "recomputing the MoE block needs experts"),
     ("gpt3-175b", 7, {"pp": (2,)}, "no (tp, pp, cp, ep) layout fits 7 GPUs"),
     ("llama3-8b", 64, {"tp": (16,)}, "no tensor-parallel degree"),  # beyond one node
     ("llama3-8b", 64, {"tp": (8,), "pp": (3,)}, "no (tp, pp, cp, ep) layout"),
