@@ -19,7 +19,6 @@ Constraints (Megatron-Core's, plus the ones it lets through silently):
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -158,17 +157,22 @@ def zero_choices(space: Space, pp: int) -> list[int]:
     return [z for z in space.knobs.zero if z <= 1 or pp == 1]
 
 
+def product_columns(*axes) -> list[np.ndarray]:
+    """The cartesian product of integer lists, one column per list, in itertools.product
+    order (built by numpy: the search calls this once per layout)."""
+    grids = np.meshgrid(*[np.asarray(a, dtype=np.int64) for a in axes], indexing="ij")
+    return [g.ravel() for g in grids]
+
+
 def inner_candidates(space: Space, layout: Layout) -> PlanArrays:
     """Every valid combination of the inner knobs for one layout, as arrays."""
     dp = space.num_gpus // (layout.tp * layout.pp * layout.cp)
     k = space.knobs
     lo, hi = space.global_batch_range
-    grid = np.array(list(itertools.product(
+    vpp, gbs, mbs, sp, rec, zero, order = product_columns(
         vpp_choices(space, layout.pp), global_batch_choices(lo, hi, dp), k.micro_batch_size,
         sp_choices(space, layout.tp), recompute_choices(space),
-        zero_choices(space, layout.pp),
-        [ORDERS.index(o) for o in k.orders])), dtype=np.int64).reshape(-1, 7)
-    vpp, gbs, mbs, sp, rec, zero, order = grid.T
+        zero_choices(space, layout.pp), [ORDERS.index(o) for o in k.orders])
     micro = gbs // np.maximum(mbs * dp, 1)
     ok = (gbs % (mbs * dp) == 0) & (micro >= 1)
     ok &= (vpp == 1) | (micro % layout.pp == 0)
