@@ -20,14 +20,19 @@ from cost_models.params import (
     mlp_matrices,
 )
 from cost_models.pipeline import stage_layers
-from cost_models.plan_arrays import FULL_RECOMPUTE, PlanArrays
-from cost_models.specs import ModelSpec
+from cost_models.plan_arrays import FULL_RECOMPUTE, PRECISION_CODES, PlanArrays
+from cost_models.specs import ModelSpec, Precision
 
-# Mixed-precision Adam, bytes per parameter (Megatron-LM docs/distrib_optimizer.md table):
-# 16-bit weight 2, fp32 gradient 4, fp32 main weight + Adam m + v 12.
+# Mixed-precision Adam, bytes per parameter (Megatron-LM docs/distrib_optimizer.md table:
+# "bf16 param, fp32 grads: 18, distributed 6 + 12/d"): 16-bit weight 2, fp32 gradient 4,
+# fp32 main weight + Adam m + v 12.
 WEIGHT_BYTES = 2
 GRAD_BYTES = 4
 OPTIMIZER_BYTES = 12
+# The same table's "fp16 param, fp16 grads: 20, distributed 4 + 16/d": fp16 runs keep the
+# gradient in fp16 (2) and the optimizer adds an fp32 main gradient to its state (16).
+HALF_GRAD_BYTES = 2
+HALF_GRAD_OPTIMIZER_BYTES = 16
 ACT_BYTES = 2  # 16-bit activations (fp8 runs keep activations in bf16 too)
 LOGIT_BYTES = 4  # fp32 logits for the cross-entropy (Megatron casts them)
 # ASSUMPTION: CUDA context, NCCL buffers and framework workspaces ~2 GiB per GPU, and the
@@ -37,11 +42,16 @@ FRAMEWORK_BYTES = 2 * 2**30
 FRAGMENTATION_FRACTION = 0.05
 
 
-def model_state_bytes_per_param(zero, shard) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(weight, gradient, optimizer) bytes per parameter when sharded over `shard` ranks."""
+def model_state_bytes_per_param(zero, shard, fp16=False
+                                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(weight, gradient, optimizer) bytes per parameter when sharded over `shard` ranks.
+    `fp16`: fp16 parameters and gradients under DDP or the distributed optimizer (ZeRO-2/3
+    and FSDP keep the sharded fp32 gradient either way)."""
+    half = np.asarray(fp16) & (np.asarray(zero) <= 1)
     weight = np.where(zero >= 3, WEIGHT_BYTES / shard, WEIGHT_BYTES)
-    grad = np.where(zero >= 2, GRAD_BYTES / shard, GRAD_BYTES)
-    optim = np.where(zero >= 1, OPTIMIZER_BYTES / shard, OPTIMIZER_BYTES)
+    grad = np.where(zero >= 2, GRAD_BYTES / shard, np.where(half, HALF_GRAD_BYTES, GRAD_BYTES))
+    state = np.where(half, HALF_GRAD_OPTIMIZER_BYTES, OPTIMIZER_BYTES)
+    optim = np.where(zero >= 1, state / shard, state)
     return weight, grad, optim
 
 
@@ -65,9 +75,10 @@ def model_state_bytes(model: ModelSpec, plans: PlanArrays) -> dict[str, np.ndarr
     dense, experts = stage_param_counts(model, plans)
     dense_shard = plans.dp * plans.cp
     expert_shard = np.maximum(plans.tp * plans.cp * plans.dp // plans.ep, 1)
+    fp16 = plans.precision == PRECISION_CODES.index(Precision.FP16)
     out = {"weights": 0.0, "gradients": 0.0, "optimizer": 0.0}
     for count, shard in ((dense, dense_shard), (experts, expert_shard)):
-        for name, per_param in zip(out, model_state_bytes_per_param(plans.zero, shard)):
+        for name, per_param in zip(out, model_state_bytes_per_param(plans.zero, shard, fp16)):
             out[name] = out[name] + count * per_param
     return out
 

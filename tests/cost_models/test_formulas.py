@@ -121,3 +121,16 @@ def test_stage_holds_the_embedding_tables_it_really_holds(pp, tied, tables):
     without, _ = stage_param_counts(replace(model, vocab_size=8), plans)
     table = model.hidden_size * (model.vocab_size - 8)
     assert float(with_vocab[0] - without[0]) == pytest.approx(tables * table)
+
+
+@pytest.mark.parametrize("fp16, zero, d, expected", [
+    (True, 0, 64, 20.0), (True, 1, 64, 4 + 16 / 64),  # fp16 param, fp16 grads
+    (False, 0, 64, 18.0), (False, 1, 64, 6 + 12 / 64),  # bf16 param, fp32 grads
+])
+def test_model_state_bytes_follow_megatrons_distributed_optimizer_table(fp16, zero, d,
+                                                                       expected):
+    """Megatron-LM docs/distrib_optimizer.md: bytes per parameter by dtype and sharding."""
+    from cost_models.memory import model_state_bytes_per_param
+
+    weight, grad, optim = model_state_bytes_per_param(np.array(zero), d, np.array(fp16))
+    assert float(weight + grad + optim) == pytest.approx(expected)
