@@ -3,7 +3,9 @@
     python -m cost_models.fit results/bench/fabric_*.jsonl -o results/clusters/fabric.json \\
         --base-cluster dgx-h100 --plot results/clusters/fabric_fit.png
 
-The model is `cost_models.comm.collective_time_s` itself: tier 0 (inside a node) and tier 1
+The model is `cost_models.comm.collective_time_s` itself, with the algorithms of the library
+each file measured (its header's backend: gloo's broadcast and reduce-scatter move other
+bytes than NCCL's), so the tiers describe the fabric: tier 0 (inside a node) and tier 1
 (across nodes) get latency_s and bandwidth_bytes_per_s chosen by least squares on the
 logarithm of time (relative errors, so 8 B and 64 MiB points weigh alike; Huber-reweighted
 so a few noisy points cannot drag the fit), with each measurement's own group size, ranks
@@ -292,6 +294,7 @@ def build_profile(paths: list[str], base: ClusterSpec, *, name: str, statistic: 
     checked = residuals(cluster, frame, statistic)
     checked["held_out"] = checked.index.isin(test.index)
     fit = {"statistic": f"time_us_{statistic}", "model": "cost_models.comm.collective_time_s",
+           "libraries": sorted(set(frame["library"])),  # whose algorithms the fit assumed
            "tiers": tier_summary(cluster, train),
            "residuals": error_summary(checked[~checked["held_out"]]),
            "held_out": error_summary(checked[checked["held_out"]]) if len(test) else None,

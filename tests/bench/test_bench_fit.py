@@ -78,6 +78,7 @@ def test_gloo_files_are_fitted_with_gloo_algorithms(tmp_path):
     cluster, fit, _, _ = build_profile([str(path)], BASE, name="gloo", every_other_size=True,
                                        holdout="layout == 'strided'")
     assert all(not tier.per_collective for tier in cluster.tiers)
+    assert fit["libraries"] == ["gloo"]
     assert cluster.tiers[1].bandwidth_bytes_per_s == pytest.approx(60e6, rel=0.05)
     assert fit["held_out"]["max_abs_rel_error"] < 0.10
     nccl = tmp_path / "as_nccl.jsonl"
