@@ -6,6 +6,7 @@ import textwrap
 
 from cost_models.goodput import goodput
 from cost_models.params import count_parameters
+from cost_models.pipeline import EMBEDDING_AND_LOSS_SLOTS, interleaving, pipeline_split
 from cost_models.specs import ClusterSpec, ModelSpec, Plan
 from tuner.alternatives import Alternative
 from tuner.plan_io import train_days
@@ -80,13 +81,33 @@ def failures_line(best: Ranked, days: float, num_params: float) -> str:
                 f"{g.checkpoint_interval_s / 60:.0f} min, goodput {100 * g.goodput:.1f}%)")
 
 
+def stages_line(plan: Plan, num_layers: int) -> str | None:
+    """How the layers split over the stages, where pp does not divide them (else None)."""
+    if plan.pp == 1 or num_layers % (plan.pp * plan.vpp) == 0:
+        return None
+    first, middle, last = pipeline_split(num_layers, plan.pp)
+    if plan.vpp > 1 and interleaving(num_layers, plan.pp, plan.vpp) == "embedding_and_loss":
+        slots = (num_layers + EMBEDDING_AND_LOSS_SLOTS) // (plan.pp * plan.vpp)
+        plural = "s" if slots > 1 else ""
+        return wrap(f"Stages  {num_layers} layers + embedding + loss = {plan.pp} stages x "
+                    f"{plan.vpp} chunks of {slots} slot{plural} (first and last stage {first} "
+                    f"layers, others {middle}; Megatron-LM "
+                    "--account-for-embedding-in-pipeline-split "
+                    "--account-for-loss-in-pipeline-split)")
+    return wrap(f"Stages  {num_layers} layers over {plan.pp} stages: first {first}, last "
+                f"{last}, others {middle} (Megatron-LM --decoder-first/last-pipeline-num-"
+                "layers)")
+
+
 def best_block(best: Ranked, cluster: ClusterSpec, seq_len: int, batch_note: str,
-               tokens_budget: float, num_params: float) -> str:
+               tokens_budget: float, num_params: float, num_layers: int | None = None) -> str:
     days = train_days(tokens_budget, best.tokens_per_s)
     gpu_hours = days * 24 * best.plan.num_gpus
     note = [ZERO3_NOTE] if best.plan.zero == 3 else []
+    stages = stages_line(best.plan, num_layers) if num_layers else None
     lines = [
         f"Best    {plan_line(best.plan)}",
+        *([stages] if stages else []),
         f"Batch   {batch_note}",
         f"Step    {best.step_time_s:.2f} s   MFU {100 * best.mfu:.1f}%   "
         f"{best.tokens_per_s / 1e6:.2f} M tokens/s",
