@@ -43,11 +43,11 @@ A2A, P2P = Collective.ALL_TO_ALL, Collective.SEND_RECV
 
 def grad_bytes_per_param(plans: PlanArrays) -> np.ndarray:
     """Megatron-LM reduces bf16 runs' gradients in fp32 (arguments.py forces
-    accumulate_allreduce_grads_in_fp32 for bf16) and fp16 runs' in fp16. ZeRO-3/FSDP
-    reduce in the 16-bit parameter dtype (PyTorch FSDP MixedPrecision.reduce_dtype and
-    DeepSpeed ZeRO-3 communication_data_type default to it)."""
+    accumulate_allreduce_grads_in_fp32 for bf16) unless --grad-reduce-in-bf16, and fp16
+    runs' in fp16. ZeRO-3/FSDP reduce in the 16-bit parameter dtype (PyTorch FSDP
+    MixedPrecision.reduce_dtype and DeepSpeed ZeRO-3 communication_data_type default to it)."""
     fp16 = plans.precision == list(Precision).index(Precision.FP16)
-    return np.where(fp16 | (plans.zero == 3), 2.0, 4.0)
+    return np.where(fp16 | (plans.zero == 3) | plans.grad_reduce_in_bf16, 2.0, 4.0)
 
 
 def tp_pair_time_s(size_bytes, plans: PlanArrays, k, cluster: ClusterSpec) -> np.ndarray:

@@ -29,8 +29,9 @@ from cost_models.specs import ModelSpec, Precision
 WEIGHT_BYTES = 2
 GRAD_BYTES = 4
 OPTIMIZER_BYTES = 12
-# The same table's "fp16 param, fp16 grads: 20, distributed 4 + 16/d": fp16 runs keep the
-# gradient in fp16 (2) and the optimizer adds an fp32 main gradient to its state (16).
+# The same table's "fp16 param, fp16 grads: 20, distributed 4 + 16/d": fp16 runs, and bf16
+# runs with --grad-reduce-in-bf16, keep the gradient in 16 bits (2) and the optimizer adds an
+# fp32 main gradient to its state (16).
 HALF_GRAD_BYTES = 2
 HALF_GRAD_OPTIMIZER_BYTES = 16
 ACT_BYTES = 2  # 16-bit activations (fp8 runs keep activations in bf16 too)
@@ -42,12 +43,12 @@ FRAMEWORK_BYTES = 2 * 2**30
 FRAGMENTATION_FRACTION = 0.05
 
 
-def model_state_bytes_per_param(zero, shard, fp16=False
+def model_state_bytes_per_param(zero, shard, half_grads=False
                                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(weight, gradient, optimizer) bytes per parameter when sharded over `shard` ranks.
-    `fp16`: fp16 parameters and gradients under DDP or the distributed optimizer (ZeRO-2/3
-    and FSDP keep the sharded fp32 gradient either way)."""
-    half = np.asarray(fp16) & (np.asarray(zero) <= 1)
+    `half_grads`: 16-bit gradients under DDP or the distributed optimizer (ZeRO-2/3 and FSDP
+    keep the sharded fp32 gradient either way)."""
+    half = np.asarray(half_grads) & (np.asarray(zero) <= 1)
     weight = np.where(zero >= 3, WEIGHT_BYTES / shard, WEIGHT_BYTES)
     grad = np.where(zero >= 2, GRAD_BYTES / shard, np.where(half, HALF_GRAD_BYTES, GRAD_BYTES))
     state = np.where(half, HALF_GRAD_OPTIMIZER_BYTES, OPTIMIZER_BYTES)
@@ -76,9 +77,11 @@ def model_state_bytes(model: ModelSpec, plans: PlanArrays) -> dict[str, np.ndarr
     dense_shard = plans.dp * plans.cp
     expert_shard = np.maximum(plans.tp * plans.cp * plans.dp // plans.ep, 1)
     fp16 = plans.precision == PRECISION_CODES.index(Precision.FP16)
+    half_grads = fp16 | plans.grad_reduce_in_bf16
     out = {"weights": 0.0, "gradients": 0.0, "optimizer": 0.0}
     for count, shard in ((dense, dense_shard), (experts, expert_shard)):
-        for name, per_param in zip(out, model_state_bytes_per_param(plans.zero, shard, fp16)):
+        for name, per_param in zip(out, model_state_bytes_per_param(plans.zero, shard,
+                                                                    half_grads)):
             out[name] = out[name] + count * per_param
     return out
 

@@ -39,6 +39,7 @@ class PlanArrays:
     precision: np.ndarray  # index into PRECISION_CODES
     flash_attention: np.ndarray  # bool
     order: np.ndarray  # index into ORDERS
+    grad_reduce_in_bf16: np.ndarray  # bool
 
     def __len__(self) -> int:
         return len(self.tp)
@@ -68,7 +69,8 @@ def from_plans(plans: Sequence[Plan]) -> PlanArrays:
         zero=column("zero"),
         precision=np.array([PRECISION_CODES.index(p.precision) for p in plans]),
         flash_attention=column("flash_attention", bool),
-        order=np.array([ORDERS.index(p.order) for p in plans]))
+        order=np.array([ORDERS.index(p.order) for p in plans]),
+        grad_reduce_in_bf16=column("grad_reduce_in_bf16", bool))
 
 
 def to_plan(arrays: PlanArrays, i: int) -> Plan:
@@ -80,4 +82,5 @@ def to_plan(arrays: PlanArrays, i: int) -> Plan:
                 recompute=RECOMPUTE_CODES[int(arrays.recompute[i])], zero=int(arrays.zero[i]),
                 precision=PRECISION_CODES[int(arrays.precision[i])],
                 flash_attention=bool(arrays.flash_attention[i]),
-                order=ORDERS[int(arrays.order[i])])
+                order=ORDERS[int(arrays.order[i])],
+                grad_reduce_in_bf16=bool(arrays.grad_reduce_in_bf16[i]))

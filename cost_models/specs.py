@@ -254,6 +254,9 @@ class Plan:
     precision: Precision = Precision.BF16
     flash_attention: bool = True  # False: unfused softmax over a stored score matrix
     order: str = DEFAULT_ORDER  # placement of the axes on the topology, innermost first
+    # Megatron-LM --grad-reduce-in-bf16 (what NeMo does for bf16): gradients are kept and
+    # reduced in bf16 instead of fp32; False: Megatron-LM's default for bf16 runs
+    grad_reduce_in_bf16: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "recompute", _enum("plan", "recompute", self.recompute,
@@ -269,6 +272,8 @@ class Plan:
         _require(self.vpp == 1 or self.pp > 1, f"plan.vpp={self.vpp} needs pp > 1")
         _require(not self.sequence_parallel or self.tp > 1,
                  "plan.sequence_parallel needs tp > 1")
+        _require(not self.grad_reduce_in_bf16 or self.precision != Precision.FP16,
+                 "plan.grad_reduce_in_bf16 needs bf16 or fp8 (fp16 runs reduce in fp16)")
         per_step = self.micro_batch_size * self.dp
         _require(self.global_batch_size % per_step == 0,
                  f"plan.global_batch_size={self.global_batch_size} is not divisible by "

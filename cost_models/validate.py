@@ -8,7 +8,8 @@ be modelled are skipped with the reason.
 
 Software changes what an empty cell can mean, so the candidates respect what existed when
 the run was published (the first year found in `source`; rows without a year get today's
-software). The attention kernel is read from an optional `flash_attention` column (1/0).
+software). The attention kernel is read from an optional `flash_attention` column (1/0), and
+bf16 gradient reduction from an optional `grad_reduce_in_bf16` column (1/0; default fp32).
 - FlashAttention appeared in May 2022 (Dao et al., arXiv:2205.14135); Megatron-LM gained
   `--use-flash-attn` in 2023: earlier runs use the unfused softmax kernels.
 - Selective recomputation and sequence parallelism were introduced by Korthikanti et al. 2022
@@ -145,7 +146,8 @@ def row_candidates(row: dict, model: ModelSpec) -> tuple[Plan, ...]:
                               micro_batch_size=mbs, global_batch_size=gbs,
                               sequence_parallel=bool(sp) and tp > 1, recompute=recompute,
                               zero=zero, precision=row["precision"].strip(),
-                              flash_attention=flash))
+                              flash_attention=flash,
+                              grad_reduce_in_bf16=reduces_grads_in_bf16(row)))
         except SpecError:
             continue
     if not plans:
@@ -168,6 +170,11 @@ def uses_flash_attention(row: dict) -> bool:
     if stated:
         return stated == "1"
     return publication_year(row) >= FLASH_ATTENTION_FIRST_YEAR
+
+
+def reduces_grads_in_bf16(row: dict) -> bool:
+    """Optional column `grad_reduce_in_bf16` (1/0); empty or absent: Megatron-LM's fp32."""
+    return (row.get("grad_reduce_in_bf16") or "").strip() == "1"
 
 
 def parse_rows(rows: list[dict], cluster_for_row: Callable[[dict], ClusterSpec]

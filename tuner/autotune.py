@@ -46,6 +46,9 @@ def build_parser(prog: str = "autotune") -> argparse.ArgumentParser:
     k.add_argument("--max-tp", type=int)
     k.add_argument("--no-cp", action="store_true", help="no context parallelism")
     k.add_argument("--no-sp", action="store_true", help="no sequence parallelism")
+    k.add_argument("--grad-reduce-in-bf16", action="store_true",
+                   help="keep and reduce gradients in bf16 (Megatron-LM --grad-reduce-in-bf16, "
+                        "NeMo's choice; default fp32 as Megatron-LM)")
     k.add_argument("--memory-headroom", type=float, default=0.05,
                    help="fraction of GPU memory kept free (default 0.05)")
     s = p.add_argument_group("search")
@@ -98,7 +101,8 @@ def _knobs(args: argparse.Namespace) -> Knobs:
         extra["recompute"] = opt.recompute_list(args.recompute)
     if args.no_sp:
         extra["sequence_parallel"] = (False,)
-    return Knobs(**fields, **extra, max_pp=args.max_pp, max_tp=args.max_tp)
+    return Knobs(**fields, **extra, max_pp=args.max_pp, max_tp=args.max_tp,
+                 grad_reduce_in_bf16=args.grad_reduce_in_bf16)
 
 
 def _batch_range(args: argparse.Namespace, seq_len: int) -> tuple[tuple[int, int], str]:

@@ -41,6 +41,9 @@ def _precision_block(plan: Plan) -> dict[str, object]:
     if plan.precision == Precision.FP16:
         # loss_scale 0 selects dynamic loss scaling, starting at 2**initial_scale_power
         return {"fp16": {"enabled": True, "loss_scale": 0, "initial_scale_power": 16}}
+    if plan.grad_reduce_in_bf16:  # gradients accumulated and reduced in bf16
+        return {"bf16": {"enabled": True}, "communication_data_type": "bf16",
+                "data_types": {"grad_accum_dtype": "bf16"}}
     return {"bf16": {"enabled": True}}
 
 

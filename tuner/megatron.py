@@ -180,9 +180,10 @@ def _batch_and_memory_args(model: ModelSpec, plan: Plan) -> list[str]:
 def _precision_args(plan: Plan) -> list[str]:
     if plan.precision == Precision.FP16:
         return ["--fp16"]
+    grads = ["--grad-reduce-in-bf16"] if plan.grad_reduce_in_bf16 else []
     if plan.precision == Precision.FP8:  # FP8 GEMMs through Transformer Engine, bf16 elsewhere
-        return ["--bf16", "--fp8-format", "hybrid"]
-    return ["--bf16"]
+        return ["--bf16", "--fp8-format", "hybrid", *grads]
+    return ["--bf16", *grads]
 
 
 def _model_args(model: ModelSpec) -> list[str]:
@@ -289,4 +290,7 @@ def megatron_ddp_config_kwargs(plan: Plan) -> dict[str, object]:
     return {"use_distributed_optimizer": plan.zero == 1, "use_megatron_fsdp": plan.zero >= 2,
             "data_parallel_sharding_strategy": _SHARDING.get(plan.zero, "no_shard"),
             "overlap_grad_reduce": "--overlap-grad-reduce" in overlap,
-            "overlap_param_gather": "--overlap-param-gather" in overlap}
+            "overlap_param_gather": "--overlap-param-gather" in overlap,
+            # Megatron-LM sets it for bf16 unless --grad-reduce-in-bf16; fp16 reduces in fp16
+            "grad_reduce_in_fp32": plan.precision != Precision.FP16
+            and not plan.grad_reduce_in_bf16}

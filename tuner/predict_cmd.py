@@ -29,6 +29,8 @@ def build_parser(prog: str = "autotune predict") -> argparse.ArgumentParser:
     g.add_argument("--zero", type=int, default=1, choices=(0, 1, 2, 3))
     g.add_argument("--order", default=DEFAULT_ORDER)
     g.add_argument("--no-flash-attention", action="store_true")
+    g.add_argument("--grad-reduce-in-bf16", action="store_true",
+                   help="gradients kept and reduced in bf16 (Megatron-LM --grad-reduce-in-bf16)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p
 
@@ -51,7 +53,8 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
                 ep=args.ep or 1, micro_batch_size=args.micro_batch, global_batch_size=gbs,
                 sequence_parallel=args.sequence_parallel, recompute=args.recompute,
                 zero=args.zero, precision=args.precision, order=args.order,
-                flash_attention=not args.no_flash_attention)
+                flash_attention=not args.no_flash_attention,
+                grad_reduce_in_bf16=args.grad_reduce_in_bf16)
 
 
 def table(plan: Plan, est: Estimate) -> str:

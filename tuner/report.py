@@ -22,7 +22,8 @@ def plan_line(plan: Plan) -> str:
             f"ep {plan.ep}  ({plan.num_gpus:,} GPUs, order {plan.order})\n        "
             f"micro-batch {plan.micro_batch_size}  global batch {plan.global_batch_size}  "
             f"seq-parallel {'on' if plan.sequence_parallel else 'off'}  recompute "
-            f"{plan.recompute}  zero {plan.zero}  {plan.precision}")
+            f"{plan.recompute}  zero {plan.zero}  {plan.precision}"
+            f"{'  grads bf16' if plan.grad_reduce_in_bf16 else ''}")
 
 
 WIDTH = 100

@@ -48,6 +48,7 @@ class Knobs:
     orders: tuple[str, ...] = DEFAULT_ORDERS
     max_pp: int | None = None
     max_tp: int | None = None
+    grad_reduce_in_bf16: bool = False  # a numerics choice the user makes, not searched
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -186,7 +187,8 @@ def inner_candidates(space: Space, layout: Layout) -> PlanArrays:
         global_batch_size=gbs[ok], sequence_parallel=sp[ok].astype(bool),
         recompute=rec[ok], zero=zero[ok],
         precision=full * PRECISION_CODES.index(space.precision),
-        flash_attention=np.ones(n, dtype=bool), order=order[ok])
+        flash_attention=np.ones(n, dtype=bool), order=order[ok],
+        grad_reduce_in_bf16=np.full(n, space.knobs.grad_reduce_in_bf16, dtype=bool))
 
 
 def check_space(space: Space) -> None:
@@ -195,6 +197,9 @@ def check_space(space: Space) -> None:
     if pinned_ep is not None and not space.model.is_moe and pinned_ep != (1,):
         raise SpecError(f"--ep {','.join(map(str, pinned_ep))}: {space.model.name} is a dense "
                         "model; expert parallelism needs experts (drop --ep)")
+    if space.knobs.grad_reduce_in_bf16 and space.precision == Precision.FP16:
+        raise SpecError("--grad-reduce-in-bf16 needs --precision bf16 or fp8 (fp16 runs "
+                        "reduce gradients in fp16 already)")
     if not recompute_choices(space):
         raise SpecError(f"--recompute moe: {space.model.name} is a dense model; recomputing "
                         "the MoE block needs experts (use none, selective or full)")

@@ -134,3 +134,26 @@ def test_model_state_bytes_follow_megatrons_distributed_optimizer_table(fp16, ze
 
     weight, grad, optim = model_state_bytes_per_param(np.array(zero), d, np.array(fp16))
     assert float(weight + grad + optim) == pytest.approx(expected)
+
+
+def test_bf16_gradient_reduction_halves_the_gradient_bytes_and_traffic():
+    """--grad-reduce-in-bf16: Megatron's "16-bit grads" row (4 + 16/d bytes per parameter
+    with the distributed optimizer) and a reduce-scatter of 2-byte gradients."""
+    from dataclasses import replace
+
+    from cost_models.analytical import estimate
+    from cost_models.comm_terms import grad_bytes_per_param
+
+    model, cluster = model_preset("llama3-70b"), cluster_preset("dgx-h100")
+    fp32 = Plan(tp=8, pp=4, dp=32, global_batch_size=256, sequence_parallel=True, zero=1)
+    bf16 = replace(fp32, grad_reduce_in_bf16=True)
+    a, b = estimate(model, cluster, fp32), estimate(model, cluster, bf16)
+    per_param = b.memory_breakdown_bytes["weights"] / 2
+    states = (b.memory_breakdown_bytes["gradients"] + b.memory_breakdown_bytes["optimizer"]
+              + b.memory_breakdown_bytes["weights"]) / per_param
+    assert states == pytest.approx(4 + 16 / 32)
+    assert b.memory_breakdown_bytes["gradients"] == pytest.approx(
+        a.memory_breakdown_bytes["gradients"] / 2)
+    assert list(grad_bytes_per_param(from_plans([fp32, bf16]))) == [4.0, 2.0]
+    with pytest.raises(Exception, match="needs bf16 or fp8"):
+        Plan(dp=2, global_batch_size=4, precision="fp16", grad_reduce_in_bf16=True)

@@ -100,3 +100,17 @@ def test_unseen_runs_file_is_predicted(tmp_path):
     assert errors["nemotron4-340b-report-6144g"] <= 15.0
     assert errors["llama3-405b-16384g"] <= 15.0
     assert preds.set_index("id").plan_vpp["llama3-405b-16384g"] > 1  # 126 + 2 slots
+
+
+def test_optional_grad_reduce_column_reaches_the_plan(tmp_path):
+    """An optional `grad_reduce_in_bf16` column (1/0) sets the plan's gradient dtype."""
+    runs = pd.read_csv(RUNS)
+    rows = runs[runs.id.str.startswith("dgxc-llama31-70b-bf16")].copy()
+    rows["grad_reduce_in_bf16"] = [1] + [0] * (len(rows) - 1)
+    path, out = tmp_path / "runs.csv", tmp_path / "preds.csv"
+    rows.to_csv(path, index=False)
+    subprocess.run([sys.executable, "-m", "tuner", "validate", str(path), "--out", str(out)],
+                   capture_output=True, text=True, check=True)
+    preds = pd.read_csv(out).set_index("id")
+    flags = preds.plan_grad_reduce_in_bf16
+    assert bool(flags[rows.id.iloc[0]]) and not flags.drop(rows.id.iloc[0]).any()

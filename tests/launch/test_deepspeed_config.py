@@ -66,6 +66,12 @@ def test_precision_blocks():
     assert fp16["fp16"]["enabled"] and "bf16" not in fp16
     fp8 = deepspeed_config(TINY, Plan(dp=2, global_batch_size=8, precision="fp8"))
     assert fp8["bf16"] == {"enabled": True}  # FP8 GEMMs come from Transformer Engine layers
+    bf16_grads = deepspeed_config(TINY, Plan(dp=2, global_batch_size=8, zero=1,
+                                             grad_reduce_in_bf16=True))
+    parsed = DeepSpeedConfig(dict(bf16_grads, train_batch_size=4))  # world size 1 here
+    assert parsed.communication_data_type is not None
+    assert str(parsed.communication_data_type).endswith("bfloat16")
+    assert bf16_grads["data_types"] == {"grad_accum_dtype": "bf16"}
 
 
 def test_full_recompute_checkpoints_every_pipeline_layer():

@@ -49,6 +49,7 @@ MEGATRON_LM_FLAGS = {
                                           "optim_grads_params"),
     "--ckpt-format": ("torch", "torch_dist", "zarr", "torch_dcp", "fsdp_dtensor"),
     "--fp16": None, "--bf16": None, "--fp8-format": ("e4m3", "hybrid"),
+    "--grad-reduce-in-bf16": None,
     "--num-layers": int, "--hidden-size": int, "--ffn-hidden-size": int,
     "--num-attention-heads": int, "--kv-channels": int, "--group-query-attention": None,
     "--num-query-groups": int, "--seq-length": int, "--max-position-embeddings": int,
@@ -100,6 +101,8 @@ ACCEPTED = {
     "llama-uneven-pp3": (LLAMA, Plan(tp=8, pp=3, dp=2, global_batch_size=16,
                                      sequence_parallel=True, zero=1)),
     # 94 layers + embedding + loss = 96 slots = 8 stages x 4 chunks x 3 (the ModelZoo's runs)
+    "llama-bf16-grads": (LLAMA, Plan(tp=8, pp=2, dp=4, global_batch_size=64, zero=1,
+                                     sequence_parallel=True, grad_reduce_in_bf16=True)),
     "qwen3-interleaved-embedding-and-loss": (QWEN3, Plan(
         tp=4, pp=8, vpp=4, dp=8, ep=8, global_batch_size=256, sequence_parallel=True,
         recompute="moe", zero=1)),
@@ -119,6 +122,7 @@ def test_megatron_core_accepts_the_values(case):
     assert config.kv_channels == model.head_dim
     assert config.num_moe_experts == (model.num_experts if model.is_moe else None)
     ddp = DistributedDataParallelConfig(**megatron_ddp_config_kwargs(plan))
+    assert ddp.grad_reduce_in_fp32 == (plan.precision != "fp16" and not plan.grad_reduce_in_bf16)
     assert ddp.use_distributed_optimizer == (plan.zero == 1)
     assert ddp.use_megatron_fsdp == (plan.zero >= 2)
 
@@ -157,6 +161,7 @@ def test_arguments_are_megatron_lm_flags_with_the_same_values(case):
     assert parsed.overlap_grad_reduce == ddp["overlap_grad_reduce"]
     assert parsed.overlap_param_gather == ddp["overlap_param_gather"]
     assert parsed.use_tp_pp_dp_mapping == (plan.order == "tp-cp-pp-dp")
+    assert parsed.grad_reduce_in_bf16 == plan.grad_reduce_in_bf16
     assert parsed.decoder_first_pipeline_num_layers == kwargs.get(
         "num_layers_in_first_pipeline_stage")
     assert parsed.decoder_last_pipeline_num_layers == kwargs.get(
