@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 import shlex
 import sys
 from dataclasses import dataclass
@@ -170,8 +172,17 @@ def search(req: Request, args: argparse.Namespace) -> tuple[list[Ranked], dict[s
     return collect(study)
 
 
+def closest_reason(reasons) -> list[str]:
+    """The reason of the layout closest to fitting: the smallest "needs at least X GB"
+    (compared as numbers: 167.0 before 1213.2), else the first other reason."""
+    def need_gb(text: str) -> float:
+        found = re.search(r"needs at least ([0-9.]+) GB", text)
+        return float(found.group(1)) if found else math.inf
+    return sorted(set(reasons), key=lambda text: (need_gb(text), text))[:1]
+
+
 def no_plan_message(req: Request, infeasible: dict[str, str]) -> str:
-    reasons = sorted(set(infeasible.values()))[:1]
+    reasons = closest_reason(infeasible.values())
     return (f"no plan of {req.model.name} fits {req.space.num_gpus} x {req.cluster.gpu.name}: "
             f"{'; '.join(reasons)}; use more GPUs, a larger-memory GPU, --zero 3 with "
             "--pp 1, or a smaller model")

@@ -64,3 +64,14 @@ def test_good_request_writes_the_plan_file_it_prints(tmp_path):
     name = (f"tp{plan['tp']}.pp{plan['pp']}.vpp{plan['vpp']}.dp{plan['dp']}.cp{plan['cp']}"
             f".ep{plan['ep']}.mb{plan['micro_batch_size']}")
     assert quiet.stdout.strip() == name
+
+
+def test_no_plan_names_the_layout_closest_to_fitting():
+    """Memory needs compare as numbers, not strings: 202.7 GB comes before 1213.2 GB."""
+    from tuner.autotune import closest_reason
+
+    reasons = ["needs at least 1213.2 GB per GPU, limit 81.6 GB",
+               "needs at least 202.7 GB per GPU, limit 81.6 GB",
+               "no global batch in range is divisible by dp x micro-batch"]
+    assert closest_reason(reasons) == [reasons[1]]
+    assert closest_reason(reasons[2:]) == reasons[2:]
