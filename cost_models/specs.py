@@ -161,8 +161,9 @@ class GpuSpec:
 
     def peak_flops(self, precision: Precision) -> float:
         peak = self.dense_peak_flops(precision)
-        _require(peak > 0, f"gpu {self.name!r} has no {precision} tensor cores; "
-                           "use --precision bf16 or fp16")
+        supported = [p.value for p in Precision if self.dense_peak_flops(p) > 0]
+        _require(peak > 0, f"gpu {self.name!r} has no {precision} tensor cores; use "
+                           f"--precision {' or '.join(supported)}")
         return peak
 
 

@@ -19,6 +19,8 @@ BAD_REQUESTS = {
     "contradictory cp pins": (["--no-cp", "--cp", "2"], "--no-cp contradicts --cp"),
     "model fits no plan": (["--model", "1t", "--gpus", "8"], "no plan of dense-1t fits 8"),
     "zero GPUs": (["--gpus", "0"], "--gpus 0 must be >= 1"),
+    "precision the GPU lacks": (["--model", "llama3-8b", "--gpus", "8", "--cluster",
+                                 "dgx2-v100"], "no bf16 tensor cores; use --precision fp16"),
     "unknown flag": (["--bogus"], "unrecognized arguments: --bogus"),
     "bad sampler": (["--sampler", "grid"], "--sampler 'grid' is not one of"),
     "zero trials": (["--model", "llama3-8b", "--gpus", "8", "--trials", "0"],
