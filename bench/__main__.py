@@ -245,6 +245,8 @@ def _sweep(comm, cfg, done, node_of_rank, writer, path) -> int:
 
 
 def _report_failure(comm, exc: Exception, progress: dict, writer, path: str) -> int:
+    if comm.heartbeat is not None:
+        comm.heartbeat.report_failure()
     who = comm.heartbeat.diagnose() if comm.heartbeat is not None else "a peer rank failed"
     detail = (str(exc).strip().splitlines() or [""])[0][:200]
     message = (f"{who}; rank {comm.rank} saw {type(exc).__name__}"

@@ -251,6 +251,14 @@ class Heartbeat:
     def step(self, index: int) -> None:
         self.store.set(f"bench/step/{self.rank}", str(index))
 
+    def report_failure(self) -> None:
+        """Say this rank saw the failure and is alive: its heartbeat may stop soon after
+        (it exits once it has reported), which must not read as its death."""
+        try:
+            self.store.set(f"bench/failed/{self.rank}", "1")
+        except Exception:  # the store went away: diagnose() says so
+            pass
+
     def _read(self, prefix: str) -> list[int | None]:
         keys = [f"bench/{prefix}/{r}" for r in range(self.world_size)]
         return [int(self.store.get(k)) if self.store.check([k]) else None for k in keys]
@@ -261,10 +269,12 @@ class Heartbeat:
             before = self._read("hb")
             time.sleep(4 * self.period_s + 0.5)
             after, steps = self._read("hb"), self._read("step")
+            reported = self._read("failed")
         except Exception:
             return "rank 0 (which hosts the rendezvous store) died or is unreachable"
         dead = [r for r in range(self.world_size)
-                if r != self.rank and (after[r] is None or after[r] == before[r])]
+                if r != self.rank and not reported[r]
+                and (after[r] is None or after[r] == before[r])]
         if dead:
             return f"rank {', '.join(map(str, dead))} died (its heartbeat stopped)"
         top = max(s or 0 for s in steps)
