@@ -85,7 +85,7 @@ def _per_layer(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays, k: dic
         t = layer_times(model, cluster, plans, moe)
         selective = selective_recompute_s(model, cluster, plans, moe, t.attention_s)
         whole_moe = selective_recompute_s(model, cluster, plans, moe, t.attention_s,
-                                          whole_moe=True)
+                                          t.moe_block_s) if moe else selective
         recompute = np.choose(plans.recompute, [0.0, selective, t.forward_s, whole_moe])
         cp_fwd, cp_bwd = cp_comm_per_layer_s(model, plans, k["cp"], cluster)
         cp_exposed = (hidden_comm_cost_s(cp_fwd, t.attention_s)

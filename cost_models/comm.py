@@ -90,8 +90,6 @@ def collective_time_s(collective: Collective, size_bytes, group_size, ranks_per_
     if library not in LIBRARIES:
         raise ValueError(f"library {library!r} is not one of {', '.join(LIBRARIES)}")
     gloo = library == "gloo"
-    algorithm = Collective.ALL_REDUCE if gloo and collective in GLOO_AS_ALL_REDUCE \
-        else collective
     n = np.maximum(np.asarray(group_size, dtype=float), 1.0)
     k = np.clip(np.asarray(ranks_per_node, dtype=float), 1.0, n)
     size = np.asarray(size_bytes, dtype=float)
@@ -108,18 +106,20 @@ def collective_time_s(collective: Collective, size_bytes, group_size, ranks_per_
         bw_time, steps = _gloo_broadcast_s(size, n, k, spans, bw_in, node_net_bw, lat_in,
                                            lat_out)
         return np.where(n > 1, steps + bw_time, 0.0)
-    collective = algorithm  # the bytes moved follow the algorithm; the link stays the call's
-    if collective == Collective.ALL_TO_ALL:
+    # the bytes moved follow the algorithm that runs; the link stays the call's
+    algorithm = Collective.ALL_REDUCE if gloo and collective in GLOO_AS_ALL_REDUCE \
+        else collective
+    if algorithm == Collective.ALL_TO_ALL:
         # (n-k)/n of each rank's bytes leave the node, (k-1)/n stay on NVLink.
         net_time = size * (n - k) / n / (node_net_bw / k)
         nvl_time = size * (k - 1) / n / bw_in
         bw_time = np.where(spans, np.maximum(net_time, nvl_time), size * (n - 1) / n / bw_in)
-    elif collective in (Collective.SEND_RECV, Collective.BROADCAST):
+    elif algorithm in (Collective.SEND_RECV, Collective.BROADCAST):
         bw_time = size / np.where(spans, np.minimum(bw_in, node_net_bw), bw_in)
     else:
         busbw = np.where(spans, np.minimum(bw_in, node_net_bw), bw_in)
-        bw_time = size * bus_factor(collective, n) / busbw
-    steps = latency_steps(collective, n, k, tree=not gloo)
+        bw_time = size * bus_factor(algorithm, n) / busbw
+    steps = latency_steps(algorithm, n, k, tree=not gloo)
     return np.where(n > 1, steps * np.where(spans, lat_out, lat_in) + bw_time, 0.0)
 
 

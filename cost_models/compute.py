@@ -22,8 +22,8 @@ from cost_models.flops import (
     BACKWARD_FACTOR,
     FLASH_BACKWARD_FACTOR,
     attention_core_flops,
-    expert_gemms,
-    layer_gemms,
+    attention_gemms,
+    ffn_gemms,
     logits_gemm,
 )
 from cost_models.gemm_curve import GemmCurve, curve_for, gemm_time_s
@@ -73,6 +73,9 @@ class LayerTimes:
     attention_s: np.ndarray  # forward attention core
     attention_backward_s: np.ndarray
     elementwise_s: np.ndarray
+    # MoE layers: the MoE block's share of the above (router and expert products, expert
+    # activation, token permutation), what recomputing the block redoes; 0 in dense layers
+    moe_block_s: np.ndarray | float = 0.0
 
     @property
     def forward_s(self) -> np.ndarray:
@@ -109,13 +112,21 @@ def elementwise_bytes_per_token(model: ModelSpec, plans: PlanArrays, moe: bool) 
     h = model.hidden_size
     tp_div = np.where(plans.sequence_parallel, plans.tp, 1)
     rotary = 2 * (model.q_dim + model.kv_dim)
-    if moe:
-        act = model.moe_topk * (mlp_matrices(model.mlp) * model.moe_ffn_hidden_size + 4 * h)
-    else:
-        act = mlp_matrices(model.mlp) * model.ffn_hidden_size
     fp8 = plans.precision == PRECISION_CODES.index(Precision.FP8)
     casts = np.where(fp8, fp8_cast_bytes_per_token(model, moe), 0.0)
-    return ELEMENT_BYTES * (15.0 * h / tp_div + (rotary + act) / plans.tp) + casts / plans.tp
+    return (ELEMENT_BYTES * (15.0 * h / tp_div + rotary / plans.tp)
+            + ffn_elementwise_bytes_per_token(model, plans, moe) + casts / plans.tp)
+
+
+def ffn_elementwise_bytes_per_token(model: ModelSpec, plans: PlanArrays, moe: bool):
+    """The feed-forward block's share: the activation sharded by TP, and in MoE layers each
+    routed copy's activation plus the token permutation (copy in and out, 4h)."""
+    if moe:
+        act = model.moe_topk * (mlp_matrices(model.mlp) * model.moe_ffn_hidden_size
+                                + 4 * model.hidden_size)
+    else:
+        act = mlp_matrices(model.mlp) * model.ffn_hidden_size
+    return ELEMENT_BYTES * act / plans.tp
 
 
 def fp8_cast_bytes_per_token(model: ModelSpec, moe: bool) -> float:
@@ -139,16 +150,23 @@ def layer_times(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays,
     curve = curve_for(cluster.gpu)
     tokens = plans.micro_batch_size * model.seq_len / plans.cp
     peak = _gemm_peak(cluster, plans)
-    gemm = sum(grouped_gemm_time_s(g, peak, curve)
-               for g in layer_gemms(model, tokens, plans.tp, plans.ep, moe))
+
+    def products_s(gemms) -> np.ndarray:
+        return sum(grouped_gemm_time_s(g, peak, curve) for g in gemms)
+
+    attention = products_s(attention_gemms(model, tokens, plans.tp))
+    ffn = products_s(ffn_gemms(model, tokens, plans.tp, plans.ep, moe))
     flash_fwd, flash_bwd = flash_attention_s(model, cluster, plans, tokens)
     unfused_fwd, unfused_bwd = unfused_attention_s(model, cluster, plans, tokens, curve)
     bytes_moved = tokens * elementwise_bytes_per_token(model, plans, moe)
+    block = ffn + memory_bound_time_s(
+        tokens * ffn_elementwise_bytes_per_token(model, plans, moe), cluster.gpu)
     return LayerTimes(
-        gemm_s=gemm,
+        gemm_s=attention + ffn,
         attention_s=np.where(plans.flash_attention, flash_fwd, unfused_fwd),
         attention_backward_s=np.where(plans.flash_attention, flash_bwd, unfused_bwd),
-        elementwise_s=memory_bound_time_s(bytes_moved, cluster.gpu))
+        elementwise_s=memory_bound_time_s(bytes_moved, cluster.gpu),
+        moe_block_s=block if moe else 0.0)
 
 
 def grouped_gemm_time_s(g, peak, curve: GemmCurve,
@@ -170,13 +188,14 @@ def grouped_rows_factor(rows_per_product, rows_half: float = GROUPED_ROWS_HALF) 
 
 
 def selective_recompute_s(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays,
-                          moe: bool, attention_s, whole_moe: bool = False) -> np.ndarray:
+                          moe: bool, attention_s, moe_block_s=None) -> np.ndarray:
     """Forward work redone by selective recomputation, per layer and micro-batch.
 
     Unfused attention: Korthikanti et al. 2022's attention core (scores, softmax, dropout).
     Flash attention: the norms, and in MoE layers the expert activation (Megatron-Core
-    `--recompute-modules layernorm moe_act`): their element-wise passes; with `whole_moe`
-    (`--recompute-modules layernorm moe`) the norms and the MoE block's whole forward."""
+    `--recompute-modules layernorm moe_act`): their element-wise passes. Given the MoE
+    block's forward time (`--recompute-modules layernorm moe`): the norms and that block."""
+    whole_moe = moe and moe_block_s is not None
     tokens = plans.micro_batch_size * model.seq_len / plans.cp
     h = model.hidden_size
     tp_div = np.where(plans.sequence_parallel, plans.tp, 1)
@@ -185,22 +204,9 @@ def selective_recompute_s(model: ModelSpec, cluster: ClusterSpec, plans: PlanArr
     act = copies * mlp_matrices(model.mlp) * f / plans.tp if moe and not whole_moe else 0.0
     passes = ELEMENT_BYTES * (4.0 * h / tp_div + act)
     modules = memory_bound_time_s(tokens * passes, cluster.gpu)
-    if moe and whole_moe:
-        modules = modules + moe_block_forward_s(model, cluster, plans)
+    if whole_moe:
+        modules = modules + moe_block_s
     return np.where(plans.flash_attention, modules, attention_s)
-
-
-def moe_block_forward_s(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays):
-    """Forward seconds of one MoE block on one GPU: router and expert products, the expert
-    activation and the token permutation (the MoE share of elementwise_bytes_per_token)."""
-    tokens = plans.micro_batch_size * model.seq_len / plans.cp
-    peak, curve = _gemm_peak(cluster, plans), curve_for(cluster.gpu)
-    gemm = sum(grouped_gemm_time_s(g, peak, curve)
-               for g in expert_gemms(model, tokens, plans.tp, plans.ep))
-    per_token = model.moe_topk * (mlp_matrices(model.mlp) * model.moe_ffn_hidden_size
-                                  + 4 * model.hidden_size)
-    return gemm + memory_bound_time_s(tokens * ELEMENT_BYTES * per_token / plans.tp,
-                                      cluster.gpu)
 
 
 def flash_attention_s(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays, tokens):

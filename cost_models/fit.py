@@ -107,8 +107,7 @@ def fit_cluster(cluster: ClusterSpec, tier_index: int, params: np.ndarray) -> Cl
 def predict_s(cluster: ClusterSpec, frame: pd.DataFrame) -> np.ndarray:
     """collective_time_s for every row (each with its own placement)."""
     out = np.empty(len(frame))
-    library = frame["library"] if "library" in frame else pd.Series("nccl", frame.index)
-    for (name, lib), rows in frame.groupby([frame["collective"], library]):
+    for (name, lib), rows in frame.groupby(["collective", "library"]):
         idx = frame.index.get_indexer(rows.index)
         out[idx] = collective_time_s(Collective(name), rows["size_bytes"].to_numpy(float),
                                      rows["group_size"].to_numpy(float),

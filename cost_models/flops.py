@@ -79,10 +79,14 @@ def expert_gemms(model: ModelSpec, tokens, tp, ep) -> list[Gemm]:
     return out
 
 
+def ffn_gemms(model: ModelSpec, tokens, tp, ep, moe: bool) -> list[Gemm]:
+    """The feed-forward block's products: routed experts in an MoE layer, else the MLP."""
+    return (expert_gemms(model, tokens, tp, ep) if moe
+            else mlp_gemms(model, tokens, tp, model.ffn_hidden_size))
+
+
 def layer_gemms(model: ModelSpec, tokens, tp, ep, moe: bool) -> list[Gemm]:
-    mlp = (expert_gemms(model, tokens, tp, ep) if moe
-           else mlp_gemms(model, tokens, tp, model.ffn_hidden_size))
-    return attention_gemms(model, tokens, tp) + mlp
+    return attention_gemms(model, tokens, tp) + ffn_gemms(model, tokens, tp, ep, moe)
 
 
 def logits_gemm(model: ModelSpec, tokens, tp) -> Gemm:
