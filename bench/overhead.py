@@ -1,13 +1,17 @@
-"""Harness overhead: the suite's time for a collective vs a bare timed loop of the same call.
+"""Harness overhead: the suite's time for a collective vs bare timed loops of the same call.
 
     torchrun --nproc-per-node 2 -m bench.overhead --backend gloo
     mpiexec -n 2 python -m bench.overhead --backend mpi
 
 For each size, rounds alternate between (a) the suite's `harness.measure` (barrier before
-each iteration, per-iteration times, max over ranks, mean over iterations) and (b) a bare
-loop: one barrier, `iters` back-to-back calls of the raw API (dist.all_reduce /
-comm.Allreduce) timed as a whole, divided by iters, max over ranks (nccl-tests' method).
-It prints the median over rounds of each and their ratio; rank 0 prints.
+each sample, per-sample times, max over ranks, mean over samples), (b) a bare loop timed
+as nccl-tests times it: one barrier, `iters` back-to-back calls of the raw API
+(dist.all_reduce / comm.Allreduce) timed as a whole, divided by iters, max over ranks, and
+(c) the same raw call timed one at a time after a barrier each, max over ranks per call,
+mean over calls: the suite's definition without the suite. (a)/(c) is the harness's own
+overhead; (a)/(b) adds the definition's cost: back-to-back calls overlap (a rank starts the
+next call while its peer finishes the last one), which calls that training issues between
+computations do not. It prints the median over rounds of each; rank 0 prints.
 """
 
 from __future__ import annotations
@@ -41,6 +45,20 @@ def bare_loop_s(comm, call, iters: int) -> float:
     return float(comm.reduce_array(np.array([mine]), "max")[0])
 
 
+def isolated_calls_s(comm, call, iters: int) -> float:
+    """Mean over calls of the slowest rank's time for one call started after a barrier."""
+    call()
+    comm.sync()
+    mine = np.zeros(iters)
+    for i in range(iters):
+        comm.barrier()
+        start = time.perf_counter()
+        call()
+        comm.sync()
+        mine[i] = time.perf_counter() - start
+    return float(comm.reduce_array(mine, "max").mean())
+
+
 def operation(comm, count: int):
     """(suite run callable, raw API call) for an all-reduce over the whole world."""
     ranks = tuple(range(comm.world_size))
@@ -58,10 +76,11 @@ def operation(comm, count: int):
     return run, lambda: dist.all_reduce(t, group=group)
 
 
-def compare(comm, size_bytes: int, iters: int, rounds: int) -> tuple[float, float]:
+def compare(comm, size_bytes: int, iters: int, rounds: int) -> tuple[float, float, float]:
+    """Medians over rounds, in microseconds: (suite, back-to-back loop, isolated calls)."""
     count = element_count(AR, size_bytes, "float32", comm.world_size)
     run, raw = operation(comm, count)
-    suite, bare = [], []
+    suite, bare, isolated = [], [], []
     for _ in range(rounds):
         m = measure(comm, collective=AR, run=run, check=None, count=count,
                     size_bytes=count * 4, dtype="float32", group_size=comm.world_size,
@@ -69,7 +88,8 @@ def compare(comm, size_bytes: int, iters: int, rounds: int) -> tuple[float, floa
                     ranks_per_node=comm.world_size, nodes=1, groups_per_node=1)
         suite.append(m.time_us_mean)
         bare.append(bare_loop_s(comm, raw, iters) * 1e6)
-    return statistics.median(suite), statistics.median(bare)
+        isolated.append(isolated_calls_s(comm, raw, iters) * 1e6)
+    return statistics.median(suite), statistics.median(bare), statistics.median(isolated)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,12 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     if comm.rank == 0:
         print(f"# all_reduce float32, {comm.world_size} ranks, backend {args.backend}, "
               f"{args.iters} iterations x {args.rounds} alternating rounds (medians)")
-        print(f"# {'size (B)':>10} {'suite (us)':>12} {'bare (us)':>12} {'suite/bare':>10}")
+        print(f"# {'size (B)':>10} {'suite (us)':>11} {'isolated':>11} {'back2back':>11} "
+              f"{'suite/isolated':>15} {'suite/back2back':>16}")
     for text in args.sizes.split(","):
-        suite_us, bare_us = compare(comm, parse_size(text), args.iters, args.rounds)
+        suite_us, bare_us, isolated_us = compare(comm, parse_size(text), args.iters,
+                                                 args.rounds)
         if comm.rank == 0:
-            print(f"  {parse_size(text):>10} {suite_us:>12.1f} {bare_us:>12.1f} "
-                  f"{suite_us / bare_us:>10.3f}", flush=True)
+            print(f"  {parse_size(text):>10} {suite_us:>11.1f} {isolated_us:>11.1f} "
+                  f"{bare_us:>11.1f} {suite_us / isolated_us:>15.3f} "
+                  f"{suite_us / bare_us:>16.3f}", flush=True)
     comm.close()
     return 0
 

@@ -108,13 +108,16 @@ def hidden_comm_cost_s(comm_s, window_s) -> np.ndarray:
     return np.maximum(comm_s - window_s, 0.0) + NCCL_SM_FRACTION * hidden
 
 
-def _dp_exposed_s(model, cluster, plans, k, mb_compute_s) -> np.ndarray:
+def _dp_exposed_s(model, cluster, plans, k, mb_compute_s, mb_recompute_s) -> np.ndarray:
+    """Recomputation runs inside the backward pass, so it widens the backward window (and,
+    under ZeRO-3, the micro-batch's window that its own re-gather needs)."""
     grad_s, weight_s = dp_comm_s(model, plans, k, cluster)
-    backward_window = mb_compute_s * 2.0 / 3.0
+    backward_window = mb_compute_s * 2.0 / 3.0 + mb_recompute_s
     forward_window = mb_compute_s / 3.0
     overlapped = (hidden_comm_cost_s(grad_s, backward_window)
                   + hidden_comm_cost_s(weight_s, forward_window))
-    zero3 = plans.num_microbatches * hidden_comm_cost_s(grad_s + weight_s, mb_compute_s)
+    zero3 = plans.num_microbatches * hidden_comm_cost_s(grad_s + weight_s,
+                                                        mb_compute_s + mb_recompute_s)
     return np.where(plans.zero == 3, zero3, overlapped)
 
 
@@ -134,7 +137,8 @@ def estimate_batch(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays) ->
     terms = {name: m * value for name, value in mb.items()}
     terms["pp_bubble"] = (plans.pp - 1) / plans.vpp * mb_total
     terms["pp_comm"] = pp_comm_s(model, plans, k["pp"], cluster)
-    terms["dp_comm"] = _dp_exposed_s(model, cluster, plans, k, mb["compute"])
+    terms["dp_comm"] = _dp_exposed_s(model, cluster, plans, k, mb["compute"],
+                                     mb["recompute"])
     terms["optimizer"] = _optimizer_s(model, cluster, plans)
     terms = {name: np.broadcast_to(np.asarray(terms[name], float), plans.tp.shape)
              for name in TIME_TERMS}

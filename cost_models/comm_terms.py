@@ -20,11 +20,20 @@ ranks per node (`placement`). Bytes are counted here, once per axis:
 - DP: gradient all-reduce (ZeRO 0), or reduce-scatter of gradients + all-gather of weights
   (distributed optimizer / ZeRO 1-2), or per-micro-batch weight all-gathers forward and
   backward plus a gradient reduce-scatter (ZeRO-3; Rajbhandari et al. 2020, arXiv:1910.02054).
-  ZeRO-3's per-module collectives are taken to be rail-bound: each GPU moves its share
-  through its own NIC (groups_per_node = gpus_per_node), not the node's pooled NICs. This is
-  what published ZeRO-3 runs show: Narayanan et al. 2021 Table 2 (DeepSpeed ZeRO-3, 8x HDR
-  DGX A100) moved 3 x 2 bytes x parameters per GPU per step at 15.7 GB/s (175B) and
-  17.3 GB/s (530B) -- 63-69% of one 25 GB/s NIC, an order below pooled-NIC NCCL rings.
+  Two implementations differ (plan.zero3_impl):
+  - "fsdp" (Megatron-FSDP, PyTorch FSDP): a transformer layer is the sharding unit and a
+    recomputed layer runs inside that unit's backward, after its weights were gathered for
+    it: two gathers per micro-batch with any recompute. Its collectives are NCCL's over the
+    group, priced like any DP collective (the node's NICs pooled).
+  - "deepspeed" (ZeRO-3's per-module fetch hooks): a module's weights are released after its
+    forward and the checkpointed forward re-enters the fetch hooks, so full recompute gathers
+    every weight three times per micro-batch (MoE-block recompute: the experts' weights).
+    Its collectives are rail-bound: each GPU moves its share through its own NIC
+    (groups_per_node = gpus_per_node), not the node's pooled NICs. This is what published
+    DeepSpeed runs show: Narayanan et al. 2021 Table 2 (ZeRO-3 with full recompute, 8x HDR
+    DGX A100) moved 4 x 2 bytes x parameters per GPU per step (three gathers and the
+    gradient reduce-scatter) at 21-23 GB/s -- 84-92% of one 25 GB/s NIC, an order below
+    pooled-NIC NCCL rings.
 """
 
 from __future__ import annotations
@@ -116,17 +125,24 @@ def dp_comm_s(model: ModelSpec, plans: PlanArrays, k: dict, cluster: ClusterSpec
     grad_b = grad_bytes_per_param(plans)
     edp = np.maximum(plans.tp * plans.cp * plans.dp // plans.ep, 1)
     k_edp = np.minimum(np.maximum(cluster.gpus_per_node // plans.ep, 1), edp)
-    groups = ((dense, plans.dp * plans.cp, k["dp_cp"]), (experts, edp, k_edp))
+    full = plans.recompute == FULL_RECOMPUTE
+    moe = full | (plans.recompute == MOE_RECOMPUTE)
+    ds = plans.zero3_deepspeed
+    gathers = (np.where(ds & full, 3.0, 2.0), np.where(ds & moe, 3.0, 2.0))
+    groups = ((dense, plans.dp * plans.cp, k["dp_cp"], gathers[0]),
+              (experts, edp, k_edp, gathers[1]))
     grad_s, weight_s = 0.0, 0.0
     gpn = float(cluster.gpus_per_node)
-    for count, n, kk in groups:
-        # Groups sharing a node's NICs: every GPU's own (ZeRO-3, rail-bound) or the default.
-        shared = np.where(plans.zero == 3, gpn, gpn / np.maximum(kk, 1))
+    for count, n, kk, zero3_gathers in groups:
+        # Groups sharing a node's NICs: every GPU's own (DeepSpeed ZeRO-3, rail-bound) or
+        # the default.
+        shared = np.where((plans.zero == 3) & ds, gpn, gpn / np.maximum(kk, 1))
         ar = collective_time_s(AR, count * grad_b, n, kk, cluster)
         rs = collective_time_s(RS, count * grad_b, n, kk, cluster, groups_per_node=shared)
         ag = collective_time_s(AG, count * WEIGHT_BYTES, n, kk, cluster,
                                groups_per_node=shared)
-        grad_s = grad_s + np.where(plans.zero == 0, ar, rs)
-        weight_s = weight_s + np.where(plans.zero == 0, 0.0,
-                                       np.where(plans.zero == 3, 2 * ag, ag))
+        held = np.asarray(count) > 0  # a dense model has no expert group to reduce over
+        grad_s = grad_s + held * np.where(plans.zero == 0, ar, rs)
+        weight_s = weight_s + held * np.where(plans.zero == 0, 0.0,
+                                              np.where(plans.zero == 3, zero3_gathers * ag, ag))
     return grad_s, weight_s

@@ -40,6 +40,7 @@ class PlanArrays:
     flash_attention: np.ndarray  # bool
     order: np.ndarray  # index into ORDERS
     grad_reduce_in_bf16: np.ndarray  # bool
+    zero3_deepspeed: np.ndarray  # bool: plan.zero3_impl == "deepspeed"
 
     def __len__(self) -> int:
         return len(self.tp)
@@ -70,7 +71,8 @@ def from_plans(plans: Sequence[Plan]) -> PlanArrays:
         precision=np.array([PRECISION_CODES.index(p.precision) for p in plans]),
         flash_attention=column("flash_attention", bool),
         order=np.array([ORDERS.index(p.order) for p in plans]),
-        grad_reduce_in_bf16=column("grad_reduce_in_bf16", bool))
+        grad_reduce_in_bf16=column("grad_reduce_in_bf16", bool),
+        zero3_deepspeed=np.array([p.zero3_impl == "deepspeed" for p in plans], dtype=bool))
 
 
 def to_plan(arrays: PlanArrays, i: int) -> Plan:
@@ -83,4 +85,5 @@ def to_plan(arrays: PlanArrays, i: int) -> Plan:
                 precision=PRECISION_CODES[int(arrays.precision[i])],
                 flash_attention=bool(arrays.flash_attention[i]),
                 order=ORDERS[int(arrays.order[i])],
-                grad_reduce_in_bf16=bool(arrays.grad_reduce_in_bf16[i]))
+                grad_reduce_in_bf16=bool(arrays.grad_reduce_in_bf16[i]),
+                zero3_impl="deepspeed" if arrays.zero3_deepspeed[i] else "fsdp")

@@ -233,6 +233,9 @@ class ClusterSpec:
                  f"{owner}: the outermost tier must be unbounded (domain_gpus=0)")
 
 
+ZERO3_IMPLS = ("fsdp", "deepspeed")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Plan:
     """How one training job is laid out. num_gpus = tp * pp * dp * cp.
@@ -258,6 +261,10 @@ class Plan:
     # Megatron-LM --grad-reduce-in-bf16 (what NeMo does for bf16): gradients are kept and
     # reduced in bf16 instead of fp32; False: Megatron-LM's default for bf16 runs
     grad_reduce_in_bf16: bool = False
+    # Who shards under zero 3 (ZERO3_IMPLS): "fsdp" (Megatron-FSDP / PyTorch FSDP: a layer is
+    # the sharding unit, gathered by NCCL over the group) or "deepspeed" (ZeRO-3's per-module
+    # fetch hooks); the cost model's DP terms say how they differ. Ignored below zero 3.
+    zero3_impl: str = "fsdp"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "recompute", _enum("plan", "recompute", self.recompute,
@@ -273,6 +280,8 @@ class Plan:
         _require(self.vpp == 1 or self.pp > 1, f"plan.vpp={self.vpp} needs pp > 1")
         _require(not self.sequence_parallel or self.tp > 1,
                  "plan.sequence_parallel needs tp > 1")
+        _require(self.zero3_impl in ZERO3_IMPLS, f"plan.zero3_impl={self.zero3_impl!r} must "
+                 f"be one of {', '.join(ZERO3_IMPLS)}")
         _require(not self.grad_reduce_in_bf16 or self.precision != Precision.FP16,
                  "plan.grad_reduce_in_bf16 needs bf16 or fp8 (fp16 runs reduce in fp16)")
         per_step = self.micro_batch_size * self.dp

@@ -9,7 +9,9 @@ be modelled are skipped with the reason.
 Software changes what an empty cell can mean, so the candidates respect what existed when
 the run was published (the first year found in `source`; rows without a year get today's
 software). The attention kernel is read from an optional `flash_attention` column (1/0), and
-bf16 gradient reduction from an optional `grad_reduce_in_bf16` column (1/0; default fp32).
+bf16 gradient reduction from an optional `grad_reduce_in_bf16` column (1/0; default fp32),
+the ZeRO-3 implementation from an optional `zero3_impl` column (fsdp/deepspeed; default by
+year, see `zero3_impl`).
 - FlashAttention appeared in May 2022 (Dao et al., arXiv:2205.14135); Megatron-LM gained
   `--use-flash-attn` in 2023: earlier runs use the unfused softmax kernels.
 - Selective recomputation and sequence parallelism were introduced by Korthikanti et al. 2022
@@ -147,7 +149,8 @@ def row_candidates(row: dict, model: ModelSpec) -> tuple[Plan, ...]:
                               sequence_parallel=bool(sp) and tp > 1, recompute=recompute,
                               zero=zero, precision=row["precision"].strip(),
                               flash_attention=flash,
-                              grad_reduce_in_bf16=reduces_grads_in_bf16(row)))
+                              grad_reduce_in_bf16=reduces_grads_in_bf16(row),
+                              zero3_impl=zero3_impl(row)))
         except SpecError:
             continue
     if not plans:
@@ -175,6 +178,19 @@ def uses_flash_attention(row: dict) -> bool:
 def reduces_grads_in_bf16(row: dict) -> bool:
     """Optional column `grad_reduce_in_bf16` (1/0); empty or absent: Megatron-LM's fp32."""
     return (row.get("grad_reduce_in_bf16") or "").strip() == "1"
+
+
+PYTORCH_FSDP_FIRST_YEAR = 2022
+
+
+def zero3_impl(row: dict) -> str:
+    """Optional column `zero3_impl` (fsdp/deepspeed); else by year: PyTorch FSDP shipped in
+    PyTorch 1.11 (March 2022), so an earlier ZeRO-3 run is DeepSpeed's (Narayanan et al.
+    2021 compare against DeepSpeed ZeRO-3); later ones are taken to be FSDP."""
+    stated = (row.get("zero3_impl") or "").strip()
+    if stated:
+        return stated
+    return "deepspeed" if publication_year(row) < PYTORCH_FSDP_FIRST_YEAR else "fsdp"
 
 
 def parse_rows(rows: list[dict], cluster_for_row: Callable[[dict], ClusterSpec]

@@ -14,7 +14,7 @@ from cost_models.analytical import estimate
 from cost_models.cli_args import Parser
 from cost_models.gemm_curve import curve_for
 from cost_models.params import count_parameters
-from cost_models.specs import ClusterSpec, ModelSpec, Precision, SpecError
+from cost_models.specs import ZERO3_IMPLS, ClusterSpec, ModelSpec, Precision, SpecError
 from tuner import options as opt
 from tuner.alternatives import faster_gpu_counts, other_batch
 from tuner.plan_io import make_provenance, plan_document, save_plan, train_days
@@ -51,6 +51,10 @@ def build_parser(prog: str = "autotune") -> argparse.ArgumentParser:
     k.add_argument("--grad-reduce-in-bf16", action="store_true",
                    help="keep and reduce gradients in bf16 (Megatron-LM --grad-reduce-in-bf16, "
                         "NeMo's choice; default fp32 as Megatron-LM)")
+    k.add_argument("--zero3-impl", choices=ZERO3_IMPLS, default="fsdp",
+                   help="who shards ZeRO-3 plans: fsdp (Megatron-FSDP, the Megatron-LM "
+                        "launcher; default) or deepspeed (DeepSpeed ZeRO-3, whose gathers the "
+                        "cost model prices as measured in 2021)")
     k.add_argument("--memory-headroom", type=float, default=0.05,
                    help="fraction of GPU memory kept free (default 0.05)")
     s = p.add_argument_group("search")
@@ -104,7 +108,7 @@ def _knobs(args: argparse.Namespace) -> Knobs:
     if args.no_sp:
         extra["sequence_parallel"] = (False,)
     return Knobs(**fields, **extra, max_pp=args.max_pp, max_tp=args.max_tp,
-                 grad_reduce_in_bf16=args.grad_reduce_in_bf16)
+                 grad_reduce_in_bf16=args.grad_reduce_in_bf16, zero3_impl=args.zero3_impl)
 
 
 def _batch_range(args: argparse.Namespace, seq_len: int) -> tuple[tuple[int, int], str]:

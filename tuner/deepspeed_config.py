@@ -35,6 +35,11 @@ def check_deepspeed(plan: Plan) -> None:
         raise SpecError(f"DeepSpeed cannot run plan {plan.name}: its pipeline engine supports "
                         f"ZeRO stage 0 or 1 only, got zero={plan.zero} with pp={plan.pp}; "
                         "use zero 1 or pp 1")
+    if plan.zero == 3 and plan.zero3_impl != "deepspeed":
+        raise SpecError(f"plan {plan.name} was predicted for Megatron-FSDP (zero3_impl fsdp), "
+                        "whose gathers the cost model prices faster than DeepSpeed ZeRO-3's; "
+                        "launch it with --framework megatron, or re-plan with --zero3-impl "
+                        "deepspeed")
 
 
 def _precision_block(plan: Plan) -> dict[str, object]:

@@ -216,6 +216,10 @@ def megatron_args(model: ModelSpec, plan: Plan) -> list[str]:
 
     Data, tokenizer, optimizer and schedule arguments are the user's: append them.
     """
+    _require(plan.zero < 3 or plan.zero3_impl == "fsdp",
+             f"plan {plan.name} was predicted for DeepSpeed ZeRO-3 (zero3_impl deepspeed), "
+             "not the Megatron-FSDP Megatron-LM runs; launch it with --framework deepspeed, "
+             "or re-plan with --zero3-impl fsdp")
     check_megatron(model, plan)
     return (_parallel_args(model, plan) + _batch_and_memory_args(model, plan)
             + _precision_args(plan) + _model_args(model))

@@ -7,7 +7,7 @@ import json
 
 from cost_models.analytical import estimate
 from cost_models.cli_args import Parser
-from cost_models.specs import DEFAULT_ORDER, Estimate, Plan, SpecError
+from cost_models.specs import DEFAULT_ORDER, ZERO3_IMPLS, Estimate, Plan, SpecError
 from tuner import options as opt
 from tuner.plan_io import load_plan
 
@@ -31,6 +31,8 @@ def build_parser(prog: str = "autotune predict") -> argparse.ArgumentParser:
     g.add_argument("--no-flash-attention", action="store_true")
     g.add_argument("--grad-reduce-in-bf16", action="store_true",
                    help="gradients kept and reduced in bf16 (Megatron-LM --grad-reduce-in-bf16)")
+    g.add_argument("--zero3-impl", choices=ZERO3_IMPLS, default="fsdp",
+                   help="who shards under --zero 3: fsdp (Megatron-FSDP) or deepspeed")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p
 
@@ -54,7 +56,7 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
                 sequence_parallel=args.sequence_parallel, recompute=args.recompute,
                 zero=args.zero, precision=args.precision, order=args.order,
                 flash_attention=not args.no_flash_attention,
-                grad_reduce_in_bf16=args.grad_reduce_in_bf16)
+                grad_reduce_in_bf16=args.grad_reduce_in_bf16, zero3_impl=args.zero3_impl)
 
 
 def table(plan: Plan, est: Estimate) -> str:

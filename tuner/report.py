@@ -23,7 +23,8 @@ def plan_line(plan: Plan) -> str:
             f"micro-batch {plan.micro_batch_size}  global batch {plan.global_batch_size}  "
             f"seq-parallel {'on' if plan.sequence_parallel else 'off'}  recompute "
             f"{plan.recompute}  zero {plan.zero}  {plan.precision}"
-            f"{'  grads bf16' if plan.grad_reduce_in_bf16 else ''}")
+            f"{'  grads bf16' if plan.grad_reduce_in_bf16 else ''}"
+            f"{'  (DeepSpeed ZeRO-3)' if plan.zero == 3 and plan.zero3_impl == 'deepspeed' else ''}")
 
 
 WIDTH = 100
@@ -70,9 +71,9 @@ def header(model: ModelSpec, cluster: ClusterSpec, num_gpus: int, default_cluste
             f"{cluster.name}: {where})")
 
 
-ZERO3_NOTE = ("Note    ZeRO-3/FSDP plans are the least validated: published ZeRO-3 runs of "
-              "the dev set were\n        5-22% slower than predicted (results/validation); "
-              "pin --zero 0,1 to compare.")
+ZERO3_NOTE = ("Note    ZeRO-3/FSDP plans are the least validated: the dev set's 7 ZeRO-3 runs "
+              "are predicted\n        within -17% to +17% (results/validation); pin --zero "
+              "0,1 to compare.")
 
 
 def failures_line(best: Ranked, days: float, num_params: float) -> str:

@@ -49,6 +49,7 @@ class Knobs:
     max_pp: int | None = None
     max_tp: int | None = None
     grad_reduce_in_bf16: bool = False  # a numerics choice the user makes, not searched
+    zero3_impl: str = "fsdp"  # the framework that shards under zero 3: the user's choice
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -188,7 +189,8 @@ def inner_candidates(space: Space, layout: Layout) -> PlanArrays:
         recompute=rec[ok], zero=zero[ok],
         precision=full * PRECISION_CODES.index(space.precision),
         flash_attention=np.ones(n, dtype=bool), order=order[ok],
-        grad_reduce_in_bf16=np.full(n, space.knobs.grad_reduce_in_bf16, dtype=bool))
+        grad_reduce_in_bf16=np.full(n, space.knobs.grad_reduce_in_bf16, dtype=bool),
+        zero3_deepspeed=np.full(n, space.knobs.zero3_impl == "deepspeed", dtype=bool))
 
 
 def check_space(space: Space) -> None:

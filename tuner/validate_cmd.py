@@ -22,7 +22,7 @@ from cost_models.specs import SpecError
 from cost_models.validate import Row, Skipped, best_candidate, parse_rows, read_rows
 
 PLAN_COLUMNS = ("tp", "pp", "vpp", "dp", "cp", "ep", "micro_batch_size", "sequence_parallel",
-                "recompute", "zero", "flash_attention", "grad_reduce_in_bf16")
+                "recompute", "zero", "zero3_impl", "flash_attention", "grad_reduce_in_bf16")
 
 
 def build_parser(prog: str = "autotune validate") -> argparse.ArgumentParser:

@@ -26,6 +26,11 @@ def source_table(records: list[dict], rows: dict[str, dict]) -> list[str]:
     return lines
 
 
+def zero3_impl_tag(record: dict) -> str:
+    """'/deepspeed' or '/fsdp' after a ZeRO-3 plan: which implementation was priced."""
+    return f"/{record['plan_zero3_impl']}" if str(record["plan_zero"]) == "3" else ""
+
+
 def write_report(folder: Path, records: list[dict], checks: list, skipped: list,
                  argv: list[str], rows: dict[str, dict] | None = None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
@@ -44,7 +49,8 @@ def write_report(folder: Path, records: list[dict], checks: list, skipped: list,
     for r in records:
         knobs = (f"mb{r['plan_micro_batch_size']} vpp{r['plan_vpp']} "
                  f"sp{int(r['plan_sequence_parallel'] == 'True')} {r['plan_recompute']} "
-                 f"zero{r['plan_zero']} flash{int(r['plan_flash_attention'] == 'True')}")
+                 f"zero{r['plan_zero']}{zero3_impl_tag(r)} "
+                 f"flash{int(r['plan_flash_attention'] == 'True')}")
         lines.append(f"| {r['id']} | {r['ref_iter_time_s']:.3g} | {r['pred_iter_time_s']:.3g}"
                      f" | {r['err_pct']:+.1f} | {knobs} |")
     for s in skipped:

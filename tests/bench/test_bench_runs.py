@@ -117,3 +117,24 @@ def test_existing_output_needs_resume(tmp_path, bench_ranks):
     done = run_module("bench", "all_reduce", "-b", "8", "-e", "8", "--backend", "gloo",
                       "-o", str(out), env={"MASTER_PORT": "29732"})
     assert done.returncode == 2 and "--resume" in done.stderr
+
+
+def test_overhead_tool_times_the_suite_and_both_bare_loops():
+    """bench.overhead prints, per size, the suite, the isolated-call and the back-to-back
+    loop times and both ratios (the figures are reported from results/bench/, not checked
+    here: a 2-core host cannot time to 5%)."""
+    if shutil.which("mpiexec") is None:
+        pytest.skip("mpiexec not installed")
+    import subprocess
+    import sys
+
+    done = subprocess.run(["mpiexec", "-n", "2", sys.executable, "-m", "bench.overhead",
+                           "--backend", "mpi", "--sizes", "4K,64K", "--iters", "5",
+                           "--rounds", "3"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line.split() for line in done.stdout.splitlines() if not line.startswith("#")]
+    assert [int(r[0]) for r in rows] == [4096, 65536]
+    for size, suite, isolated, back2back, r_iso, r_b2b in (map(float, r) for r in rows):
+        assert min(suite, isolated, back2back) > 0
+        assert r_iso == pytest.approx(suite / isolated, rel=0.02)  # printed to 0.1 us
+        assert r_b2b == pytest.approx(suite / back2back, rel=0.02)

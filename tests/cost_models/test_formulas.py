@@ -157,3 +157,30 @@ def test_bf16_gradient_reduction_halves_the_gradient_bytes_and_traffic():
     assert list(grad_bytes_per_param(from_plans([fp32, bf16]))) == [4.0, 2.0]
     with pytest.raises(Exception, match="needs bf16 or fp8"):
         Plan(dp=2, global_batch_size=4, precision="fp16", grad_reduce_in_bf16=True)
+
+
+def test_zero3_gathers_and_links_follow_the_implementation():
+    """comm_terms.dp_comm_s: DeepSpeed ZeRO-3 re-gathers every weight for a recomputed
+    forward (3 gathers per micro-batch with full recompute) through each GPU's own NIC;
+    FSDP gathers twice whatever the recompute, over the node's pooled NICs."""
+    from dataclasses import replace
+
+    from cost_models.comm_terms import dp_comm_s
+    from cost_models.memory import WEIGHT_BYTES, stage_param_counts
+    from cost_models.placement import group_ranks_per_node
+    from cost_models.specs import SpecError
+
+    model, cluster = model_preset("gpt3-175b"), cluster_preset("dgx-a100-80gb")
+    fsdp = Plan(dp=64, global_batch_size=64, zero=3, recompute="full")
+    plans = [fsdp, replace(fsdp, zero3_impl="deepspeed"), replace(fsdp, recompute="none"),
+             replace(fsdp, recompute="none", zero3_impl="deepspeed")]
+    arrays = from_plans(plans)
+    _, weight_s = dp_comm_s(model, arrays, group_ranks_per_node(arrays, 8), cluster)
+    params, _ = stage_param_counts(model, arrays)
+    ag = Collective.ALL_GATHER
+    pooled = collective_time_s(ag, params[0] * WEIGHT_BYTES, 64, 8, cluster)
+    rail = collective_time_s(ag, params[0] * WEIGHT_BYTES, 64, 8, cluster, groups_per_node=8)
+    assert list(weight_s) == pytest.approx([2 * pooled, 3 * rail, 2 * pooled, 2 * rail])
+    assert rail > 4 * pooled  # 1 of 8 NICs per group
+    with pytest.raises(SpecError, match="zero3_impl='zero' must be one of fsdp, deepspeed"):
+        Plan(dp=2, global_batch_size=2, zero=3, zero3_impl="zero")

@@ -114,3 +114,22 @@ def test_optional_grad_reduce_column_reaches_the_plan(tmp_path):
     preds = pd.read_csv(out).set_index("id")
     flags = preds.plan_grad_reduce_in_bf16
     assert bool(flags[rows.id.iloc[0]]) and not flags.drop(rows.id.iloc[0]).any()
+
+
+def test_zero3_implementation_follows_the_year_or_the_optional_column(predictions, tmp_path):
+    """ZeRO-3 before PyTorch FSDP (2022) is DeepSpeed's; later runs are FSDP; an optional
+    `zero3_impl` column overrides both (here: a 2021 run read as FSDP gets faster)."""
+    preds, _ = predictions
+    by_id = preds.set_index("id")
+    assert set(by_id.plan_zero3_impl[by_id.index.str.contains("zero3")]) == {"deepspeed"}
+    assert by_id.plan_zero3_impl["zoo-qwen3-235b-s4k-tp2pp1ep8"] == "fsdp"
+    runs = pd.read_csv(RUNS)
+    rows = runs[runs.id == "narayanan21-t2-zero3-174p6b-768g"].copy()
+    rows["zero3_impl"] = "fsdp"
+    path, out = tmp_path / "runs.csv", tmp_path / "preds.csv"
+    rows.to_csv(path, index=False)
+    subprocess.run([sys.executable, "-m", "tuner", "validate", str(path), "--out", str(out)],
+                   capture_output=True, text=True, check=True)
+    fsdp = pd.read_csv(out).set_index("id").loc["narayanan21-t2-zero3-174p6b-768g"]
+    assert fsdp.plan_zero3_impl == "fsdp"
+    assert fsdp.pred_iter_time_s < 0.8 * by_id.pred_iter_time_s[fsdp.name]

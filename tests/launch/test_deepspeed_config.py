@@ -28,7 +28,8 @@ CASES = {
     "gpt3-pp-zero1": (GPT3, Plan(tp=8, pp=8, dp=16, micro_batch_size=1, global_batch_size=1536,
                                  sequence_parallel=True, recompute="full", zero=1)),
     "llama-zero3-fp16": (LLAMA, Plan(tp=8, dp=32, cp=2, micro_batch_size=2,
-                                     global_batch_size=512, zero=3, precision="fp16")),
+                                     global_batch_size=512, zero=3, precision="fp16",
+                                     zero3_impl="deepspeed")),
     "qwen3-ep": (QWEN3, Plan(tp=4, dp=16, ep=16, micro_batch_size=1, global_batch_size=256,
                              zero=2, precision="fp8")),
     "tiny-dp": (TINY, Plan(dp=1, micro_batch_size=4, global_batch_size=32)),
@@ -110,3 +111,23 @@ def test_without_a_process_group_deepspeed_assumes_world_size_1():
         DeepSpeedConfig(right_for_dp2)
     right_for_dp1 = deepspeed_config(*CASES["tiny-dp"])
     assert DeepSpeedConfig(right_for_dp1).train_batch_size == 32
+
+
+def test_zero3_plans_launch_only_with_the_implementation_they_were_predicted_for():
+    """ZeRO-3 is priced per implementation (cost_models/comm_terms.py): a plan predicted for
+    Megatron-FSDP is not handed to DeepSpeed, and the other way round, with one line each."""
+    from tuner.megatron import megatron_args
+    from tuner.plan_io import launch_block
+
+    fsdp = Plan(tp=2, dp=2, global_batch_size=8, zero=3)
+    ds = Plan(tp=2, dp=2, global_batch_size=8, zero=3, zero3_impl="deepspeed")
+    with pytest.raises(SpecError, match="predicted for Megatron-FSDP.*--zero3-impl deepspeed"):
+        deepspeed_config(LLAMA, fsdp)
+    assert deepspeed_config(LLAMA, ds)["zero_optimization"]["stage"] == 3
+    with pytest.raises(SpecError, match="predicted for DeepSpeed ZeRO-3.*--framework deepspeed"):
+        megatron_args(LLAMA, ds)
+    assert "--use-megatron-fsdp" in megatron_args(LLAMA, fsdp)
+    block = launch_block(LLAMA, ds)
+    assert block["megatron_args"] is None and "zero3_impl" in block["unsupported"]["megatron"]
+    zero1 = Plan(tp=2, dp=2, global_batch_size=8, zero=1, zero3_impl="deepspeed")
+    assert deepspeed_config(LLAMA, zero1) and megatron_args(LLAMA, zero1)  # ignored below 3

@@ -13,12 +13,12 @@ SEARCH = {"--cluster", "--cp", "--ep", "--format", "--global-batch", "--global-b
           "--model", "--no-alternatives", "--no-cp", "--no-sp", "--out", "--plot", "--pp",
           "--precision", "--quiet", "--recompute", "--sampler", "--seed", "--seq-len",
           "--stale-after", "--storage", "--study-name", "--tokens", "--top-k", "--tp",
-          "--trials", "--vpp", "--zero", "-h"}
+          "--trials", "--vpp", "--zero", "--zero3-impl", "-h"}
 PREDICT = {"--cluster", "--cp", "--dp", "--ep", "--global-batch", "--gpus",
            "--grad-reduce-in-bf16", "--help", "--json",
            "--micro-batch", "--model", "--no-flash-attention", "--order", "--plan", "--pp",
            "--precision", "--recompute", "--seq-len", "--sequence-parallel", "--tp", "--vpp",
-           "--zero", "-h"}
+           "--zero", "--zero3-impl", "-h"}
 VALIDATE = {"--out", "--report", "--help", "-h"}
 
 

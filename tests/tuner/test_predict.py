@@ -48,3 +48,21 @@ def test_inside_an_allocation_the_gpu_count_comes_from_slurm(monkeypatch):
                          text=True, env=broken)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
     assert "SLURM_JOB_NODELIST is not set" in bad.stderr
+
+
+def test_zero3_implementation_flag_reaches_the_prediction_and_the_plan_file(tmp_path):
+    """--zero3-impl deepspeed prices DeepSpeed's re-gathers and rail-bound links: slower than
+    FSDP on the same plan; a searched plan keeps the choice and only DeepSpeed launches it."""
+    flags = ("predict", "--model", "gpt3-175b", "--cluster", "dgx-a100-80gb", "--gpus", "384",
+             "--global-batch", "1536", "--recompute", "full", "--zero", "3", "--json")
+    fsdp = json.loads(autotune(*flags).stdout)
+    ds = json.loads(autotune(*flags, "--zero3-impl", "deepspeed").stdout)
+    assert ds["breakdown_s"]["dp_comm"] > 2 * fsdp["breakdown_s"]["dp_comm"]
+    plan = tmp_path / "plan.json"
+    autotune("--model", "llama3-8b", "--gpus", "64", "--zero", "3", "--zero3-impl",
+             "deepspeed", "--out", str(plan), "--quiet", "--no-alternatives")
+    doc = json.loads(plan.read_text())
+    assert doc["plan"]["zero3_impl"] == "deepspeed"
+    assert doc["launch"]["megatron_args"] is None and doc["launch"]["deepspeed_config"]
+    again = json.loads(autotune("predict", "--plan", str(plan), "--json").stdout)
+    assert again["step_time_s"] == doc["prediction"]["step_time_s"]
