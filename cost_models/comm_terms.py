@@ -20,6 +20,10 @@ ranks per node (`placement`). Bytes are counted here, once per axis:
 - DP: gradient all-reduce (ZeRO 0), or reduce-scatter of gradients + all-gather of weights
   (distributed optimizer / ZeRO 1-2), or per-micro-batch weight all-gathers forward and
   backward plus a gradient reduce-scatter (ZeRO-3; Rajbhandari et al. 2020, arXiv:1910.02054).
+  ZeRO-3 gathers and reduces a layer at a time (PyTorch FSDP docs: each wrapped unit's
+  parameters are all-gathered before its forward and backward; Megatron-FSDP and DeepSpeed
+  fetch per layer or finer), so each layer's collective pays its own latency: at 1,024
+  ranks a ring all-gather's (n-1) steps cost milliseconds per layer.
   Two implementations differ (plan.zero3_impl):
   - "fsdp" (Megatron-FSDP, PyTorch FSDP): a transformer layer is the sharding unit and a
     recomputed layer runs inside that unit's backward, after its weights were gathered for
@@ -43,6 +47,7 @@ import numpy as np
 from bench.records import Collective
 from cost_models.comm import collective_time_s
 from cost_models.memory import ACT_BYTES, WEIGHT_BYTES, stage_param_counts
+from cost_models.pipeline import stage_layers
 from cost_models.plan_arrays import FULL_RECOMPUTE, MOE_RECOMPUTE, PlanArrays
 from cost_models.specs import ClusterSpec, ModelSpec, Precision
 
@@ -129,18 +134,24 @@ def dp_comm_s(model: ModelSpec, plans: PlanArrays, k: dict, cluster: ClusterSpec
     moe = full | (plans.recompute == MOE_RECOMPUTE)
     ds = plans.zero3_deepspeed
     gathers = (np.where(ds & full, 3.0, 2.0), np.where(ds & moe, 3.0, 2.0))
-    groups = ((dense, plans.dp * plans.cp, k["dp_cp"], gathers[0]),
-              (experts, edp, k_edp, gathers[1]))
+    layers = stage_layers(model.num_layers, plans.pp)
+    groups = ((dense, plans.dp * plans.cp, k["dp_cp"], gathers[0], layers),
+              (experts, edp, k_edp, gathers[1], layers * model.num_moe_layers
+               / model.num_layers))
     grad_s, weight_s = 0.0, 0.0
     gpn = float(cluster.gpus_per_node)
-    for count, n, kk, zero3_gathers in groups:
+    for count, n, kk, zero3_gathers, units in groups:
         # Groups sharing a node's NICs: every GPU's own (DeepSpeed ZeRO-3, rail-bound) or
         # the default.
         shared = np.where((plans.zero == 3) & ds, gpn, gpn / np.maximum(kk, 1))
+        # ZeRO-3 gathers and reduces one layer at a time (the FSDP unit; DeepSpeed's
+        # modules are finer still): a collective per layer, each with its own latency.
+        calls = np.where(plans.zero == 3, np.maximum(units, 1.0), 1.0)
         ar = collective_time_s(AR, count * grad_b, n, kk, cluster)
-        rs = collective_time_s(RS, count * grad_b, n, kk, cluster, groups_per_node=shared)
-        ag = collective_time_s(AG, count * WEIGHT_BYTES, n, kk, cluster,
-                               groups_per_node=shared)
+        rs = calls * collective_time_s(RS, count * grad_b / calls, n, kk, cluster,
+                                       groups_per_node=shared)
+        ag = calls * collective_time_s(AG, count * WEIGHT_BYTES / calls, n, kk, cluster,
+                                       groups_per_node=shared)
         held = np.asarray(count) > 0  # a dense model has no expert group to reduce over
         grad_s = grad_s + held * np.where(plans.zero == 0, ar, rs)
         weight_s = weight_s + held * np.where(plans.zero == 0, 0.0,

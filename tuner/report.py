@@ -72,7 +72,7 @@ def header(model: ModelSpec, cluster: ClusterSpec, num_gpus: int, default_cluste
 
 
 ZERO3_NOTE = ("Note    ZeRO-3/FSDP plans are the least validated: the dev set's 7 ZeRO-3 runs "
-              "are predicted\n        within -17% to +17% (results/validation); pin --zero "
+              "are predicted\n        within -16% to +21% (results/validation); pin --zero "
               "0,1 to compare.")
 
 

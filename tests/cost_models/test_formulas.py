@@ -162,7 +162,8 @@ def test_bf16_gradient_reduction_halves_the_gradient_bytes_and_traffic():
 def test_zero3_gathers_and_links_follow_the_implementation():
     """comm_terms.dp_comm_s: DeepSpeed ZeRO-3 re-gathers every weight for a recomputed
     forward (3 gathers per micro-batch with full recompute) through each GPU's own NIC;
-    FSDP gathers twice whatever the recompute, over the node's pooled NICs."""
+    FSDP gathers twice whatever the recompute, over the node's pooled NICs; both gather one
+    layer at a time, a collective (and its latency) per layer."""
     from dataclasses import replace
 
     from cost_models.comm_terms import dp_comm_s
@@ -178,8 +179,13 @@ def test_zero3_gathers_and_links_follow_the_implementation():
     _, weight_s = dp_comm_s(model, arrays, group_ranks_per_node(arrays, 8), cluster)
     params, _ = stage_param_counts(model, arrays)
     ag = Collective.ALL_GATHER
-    pooled = collective_time_s(ag, params[0] * WEIGHT_BYTES, 64, 8, cluster)
-    rail = collective_time_s(ag, params[0] * WEIGHT_BYTES, 64, 8, cluster, groups_per_node=8)
+    layer_bytes = params[0] * WEIGHT_BYTES / model.num_layers
+    pooled = model.num_layers * collective_time_s(ag, layer_bytes, 64, 8, cluster)
+    rail = model.num_layers * collective_time_s(ag, layer_bytes, 64, 8, cluster,
+                                                groups_per_node=8)
+    whole = collective_time_s(ag, params[0] * WEIGHT_BYTES, 64, 8, cluster)
+    assert pooled - whole == pytest.approx((model.num_layers - 1) * 63 * cluster.tiers[1]
+                                           .latency_s)  # the per-layer latencies
     assert list(weight_s) == pytest.approx([2 * pooled, 3 * rail, 2 * pooled, 2 * rail])
     assert rail > 4 * pooled  # 1 of 8 NICs per group
     with pytest.raises(SpecError, match="zero3_impl='zero' must be one of fsdp, deepspeed"):
