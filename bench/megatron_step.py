@@ -58,7 +58,9 @@ def transformer_config(model, plan, dtype):
     """megatron-core's TransformerConfig from the tuner's kwargs in `dtype`; fusions that
     need Transformer Engine or apex are switched off."""
     import torch
-    from megatron.core.transformer import TransformerConfig
+    from megatron.core.transformer import transformer_config as configs
+
+    from tuner.megatron import megatron_config_class
 
     kwargs = resolved_config_kwargs(model, plan)
     kwargs["params_dtype"] = kwargs["pipeline_dtype"] = dtype
@@ -72,7 +74,7 @@ def transformer_config(model, plan, dtype):
                "use_cpu_initialization": dtype == torch.float32}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return TransformerConfig(**kwargs)
+        return getattr(configs, megatron_config_class(model))(**kwargs)
 
 
 def init_single_process(device) -> None:

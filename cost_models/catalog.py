@@ -9,13 +9,9 @@ Conventions for every preset:
   * seq_len is the pre-training sequence length, not the longest context the model supports;
   * biases, position embeddings and QK-norm weights are not ModelSpec fields (each < 0.1%).
 
-DeepSeek-V3 is deliberately absent. Its multi-head latent attention (MLA, arXiv:2412.19437
-Sec. 2.1.1) factors Q and KV through low-rank projections (q_lora_rank 1536, kv_lora_rank 512,
-q/k head dim 192, v head dim 128): about 187M attention weights per layer. No choice of
-(num_heads, num_kv_heads, head_dim) reproduces both numbers that matter: a q_dim matching the
-attention-score FLOPs (128 heads x 192) carries 2.5x the real attention weights (+46% active
-parameters), and a q_dim matching the weights under-counts the score FLOPs about 3x. Its
-multi-token-prediction module is not expressible either. A wrong preset would be worse than none.
+DeepSeek-V3's multi-head latent attention is expressed with the MLA fields of ModelSpec
+(q_lora_rank, kv_lora_rank, qk_rope_head_dim, v_head_dim); its multi-token-prediction module
+is not part of the preset (see `deepseek_v3`).
 """
 
 from __future__ import annotations
@@ -150,6 +146,25 @@ def mixtral_8x22b() -> ModelSpec:
                      moe_topk=2, moe_ffn_hidden_size=16384, moe_layer_freq=1.0)
 
 
+def deepseek_v3() -> ModelSpec:
+    """DeepSeek-V3, arXiv:2412.19437 Sec. 4.2 and HF config.json (deepseek-ai/DeepSeek-V3):
+    61 layers, hidden 7168, 128 heads; MLA with query latent 1536, KV latent 512, no-RoPE
+    head dim 128 + RoPE 64, value head dim 128; the first 3 layers dense (FFN 18432), the
+    other 58 MoE with 1 shared and 256 routed experts of FFN 2048, top-8; vocab 129280,
+    untied; seq 4096 (pre-training before context extension). 671B total / 37B activated as
+    published (this spec: 671.0B / 37.6B). Not modelled: the depth-1 multi-token-prediction
+    module (+14B weights, about one more layer and logits per step; Megatron
+    --mtp-num-layers 0 is the layout priced), node-limited routing (at most 4 nodes per
+    token: dispatch is priced as uniform over the EP group's nodes) and the dense layers'
+    placement first (the cost model spreads MoE layers evenly over the stages)."""
+    return ModelSpec(name="deepseek-v3", num_layers=61, hidden_size=7168,
+                     ffn_hidden_size=18432, num_heads=128, num_kv_heads=128, head_dim=128,
+                     seq_len=4096, vocab_size=129280, mlp=Mlp.SWIGLU, tied_embeddings=False,
+                     num_experts=256, moe_topk=8, moe_ffn_hidden_size=2048,
+                     moe_shared_ffn_hidden_size=2048, moe_layer_freq=58 / 61,
+                     q_lora_rank=1536, kv_lora_rank=512, qk_rope_head_dim=64, v_head_dim=128)
+
+
 def _narayanan_entries() -> dict[str, Callable[[], ModelSpec]]:
     return {f"gpt-{row[0]}": (lambda label=row[0]: narayanan_gpt(label))
             for row in _NARAYANAN_TABLE1}
@@ -169,6 +184,7 @@ MODELS: dict[str, Callable[[], ModelSpec]] = {
     "nemotron4-340b": nemotron4_340b,
     "qwen3-235b-a22b": qwen3_235b_a22b,
     "mixtral-8x22b": mixtral_8x22b,
+    "deepseek-v3": deepseek_v3,
 }
 
 

@@ -84,7 +84,7 @@ def tp_comm_per_layer_s(model: ModelSpec, plans: PlanArrays, k, cluster: Cluster
 def cp_comm_per_layer_s(model: ModelSpec, plans: PlanArrays, k, cluster: ClusterSpec):
     """(forward, backward) ring time of one layer."""
     tokens = plans.micro_batch_size * model.seq_len / plans.cp
-    kv_bytes = tokens * 2 * model.kv_dim / plans.tp * ACT_BYTES
+    kv_bytes = tokens * (model.k_dim + model.v_dim) / plans.tp * ACT_BYTES
     hop = collective_time_s(P2P, kv_bytes, np.minimum(plans.cp, 2), k, cluster)
     hops = np.maximum(plans.cp - 1, 0)
     return hops * hop, 2 * hops * hop

@@ -111,11 +111,19 @@ def elementwise_bytes_per_token(model: ModelSpec, plans: PlanArrays, moe: bool) 
     """
     h = model.hidden_size
     tp_div = np.where(plans.sequence_parallel, plans.tp, 1)
-    rotary = 2 * (model.q_dim + model.kv_dim)
+    rotary = 2 * rotary_width(model)
     fp8 = plans.precision == PRECISION_CODES.index(Precision.FP8)
     casts = np.where(fp8, fp8_cast_bytes_per_token(model, moe), 0.0)
     return (ELEMENT_BYTES * (15.0 * h / tp_div + rotary / plans.tp)
             + ffn_elementwise_bytes_per_token(model, plans, moe) + casts / plans.tp)
+
+
+def rotary_width(model: ModelSpec) -> int:
+    """Elements per token that RoPE rotates: queries and keys, or MLA's decoupled RoPE parts
+    (one per query head and the key shared by all heads)."""
+    if model.is_mla:
+        return (model.num_heads + 1) * model.qk_rope_head_dim
+    return model.q_dim + model.k_dim
 
 
 def ffn_elementwise_bytes_per_token(model: ModelSpec, plans: PlanArrays, moe: bool):
@@ -137,11 +145,12 @@ def fp8_cast_bytes_per_token(model: ModelSpec, moe: bool) -> float:
     gradient the same way; the backward is counted by the x2 applied to element-wise work,
     so the forward figure here carries half of the output-gradient casts.
     """
-    h, q, kv = model.hidden_size, model.q_dim, model.kv_dim
+    h = model.hidden_size
     copies = model.moe_topk if moe else 1
     f = model.moe_ffn_hidden_size if moe else model.ffn_hidden_size
-    inputs = 2 * h + q + copies * f  # qkv, proj, fc1, fc2 inputs
-    grads = q + 2 * kv + 2 * h + copies * (mlp_matrices(model.mlp) - 1) * f
+    inputs = 2 * h + model.o_dim + copies * f  # qkv, proj, fc1, fc2 inputs
+    qkv_out = model.q_dim + model.k_dim + model.v_dim
+    grads = qkv_out + 2 * h + copies * (mlp_matrices(model.mlp) - 1) * f
     return 4.0 * (inputs + grads / 2.0)
 
 

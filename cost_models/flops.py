@@ -8,7 +8,8 @@ Conventions (one place):
 - A product C[m,n] = A[m,k] @ B[k,n] costs 2*m*k*n FLOPs.
 - Backward costs twice the forward (input and weight gradients): Narayanan et al. 2021,
   arXiv:2104.04473 Sec. 5.1 (the factor 3 = 1 forward + 2 backward).
-- Attention scores and values cost 4*s_q*s_kv*q_dim forward; causal masking halves it, as
+- Attention scores and values cost 2*s_q*s_kv*(q_dim + o_dim) forward (4*s_q*s_kv*q_dim
+  when values are as wide as queries); causal masking halves it, as
   flash attention skips masked blocks (Megatron-Core `num_floating_point_operations` counts it
   the same way). Flash attention's backward does 5 products to the forward's 2 (it recomputes
   the scores): Dao 2023, arXiv:2307.08691 Sec. 3.
@@ -47,11 +48,23 @@ class Gemm:
 
 
 def attention_gemms(model: ModelSpec, tokens, tp) -> list[Gemm]:
-    """QKV and output projections of one layer on one TP rank, `tokens` rows."""
+    """QKV and output projections of one layer on one TP rank, `tokens` rows. Multi-head
+    latent attention: the down-projections to the latents run whole on every TP rank, the
+    up-projections from them are split by heads (Megatron-Core MLA)."""
     h = model.hidden_size
-    qkv = (model.q_dim + 2 * model.kv_dim) / tp
-    return [Gemm(name="qkv", m=tokens, k=h, n=qkv),
-            Gemm(name="proj", m=tokens, k=model.q_dim / tp, n=h)]
+    proj = Gemm(name="proj", m=tokens, k=model.o_dim / tp, n=h)
+    if not model.is_mla:
+        qkv = (model.q_dim + model.k_dim + model.v_dim) / tp
+        return [Gemm(name="qkv", m=tokens, k=h, n=qkv), proj]
+    kv_up = (model.num_heads * model.head_dim + model.v_dim) / tp
+    gemms = [Gemm(name="kv_down", m=tokens, k=h, n=model.kv_lora_rank + model.qk_rope_head_dim),
+             Gemm(name="kv_up", m=tokens, k=model.kv_lora_rank, n=kv_up)]
+    if model.q_lora_rank:
+        gemms += [Gemm(name="q_down", m=tokens, k=h, n=model.q_lora_rank),
+                  Gemm(name="q_up", m=tokens, k=model.q_lora_rank, n=model.q_dim / tp)]
+    else:
+        gemms.append(Gemm(name="q", m=tokens, k=h, n=model.q_dim / tp))
+    return gemms + [proj]
 
 
 def mlp_gemms(model: ModelSpec, tokens, tp, width: float, prefix: str = "") -> list[Gemm]:
@@ -94,8 +107,10 @@ def logits_gemm(model: ModelSpec, tokens, tp) -> Gemm:
 
 
 def attention_core_flops(model: ModelSpec, tokens, seq_len, tp) -> np.ndarray:
-    """Forward FLOPs of scores and values for `tokens` queries against `seq_len` keys."""
-    return 4.0 * tokens * seq_len * model.q_dim / tp * CAUSAL_FRACTION
+    """Forward FLOPs of scores (q_dim wide) and values (o_dim wide) for `tokens` queries
+    against `seq_len` keys."""
+    widths = model.q_dim + model.o_dim
+    return 2.0 * tokens * seq_len * widths / tp * CAUSAL_FRACTION
 
 
 def model_flops_per_token(model: ModelSpec) -> float:

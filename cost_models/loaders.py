@@ -217,7 +217,13 @@ def _hf_mlp(data: dict, where: str) -> Mlp:
 
 def _hf_moe_layers(data: dict, layers: int, where: str) -> int:
     """Qwen-MoE: layer i is MoE if (i+1) % decoder_sparse_step == 0 and i not in
-    mlp_only_layers (transformers Qwen3MoeDecoderLayer); other MoE configs: every layer."""
+    mlp_only_layers (transformers Qwen3MoeDecoderLayer); DeepSeek-V2/V3: i >=
+    first_k_dense_replace and i % moe_layer_freq == 0 (DeepseekV3DecoderLayer); other MoE
+    configs: every layer."""
+    if "first_k_dense_replace" in data:
+        first = _hf_int(data, "first_k_dense_replace", where)
+        every = _hf_int(data, "moe_layer_freq", where, default=1)
+        return sum(1 for i in range(first, layers) if i % max(every, 1) == 0)
     step = _hf_int(data, "decoder_sparse_step", where, default=1)
     dense = data.get("mlp_only_layers") or []
     if not isinstance(dense, list):
@@ -226,24 +232,39 @@ def _hf_moe_layers(data: dict, layers: int, where: str) -> int:
 
 
 def _hf_moe(data: dict, layers: int, ffn: int, where: str) -> dict:
-    experts = data.get("num_experts") or data.get("num_local_experts") or 1
+    experts = (data.get("num_experts") or data.get("num_local_experts")
+               or data.get("n_routed_experts") or 1)
     _check_value("num_experts", "int", experts, where)
     moe_layers = _hf_moe_layers(data, layers, where) if experts > 1 else 0
     if moe_layers == 0:
         return {}
+    expert_ffn = _hf_int(data, "moe_intermediate_size", where, default=ffn)
+    # DeepSeek counts shared experts of the routed experts' width (n_shared_experts)
+    shared = _hf_int(data, "n_shared_experts", where, default=0) * expert_ffn
     return {"num_experts": experts, "moe_topk": _hf_int(data, "num_experts_per_tok", where),
-            "moe_ffn_hidden_size": _hf_int(data, "moe_intermediate_size", where, default=ffn),
+            "moe_ffn_hidden_size": expert_ffn,
             "moe_shared_ffn_hidden_size": _hf_int(data, "shared_expert_intermediate_size",
-                                                  where, default=0),
+                                                  where, default=shared),
             "moe_layer_freq": moe_layers / layers}
+
+
+def _hf_mla(data: dict, where: str) -> dict:
+    """DeepSeek-V2/V3 multi-head latent attention fields (q_lora_rank null: no query
+    latent); head_dim is the no-RoPE part of a query/key head."""
+    if "kv_lora_rank" not in data:
+        return {}
+    heads = _hf_int(data, "num_attention_heads", where)
+    return {"kv_lora_rank": _hf_int(data, "kv_lora_rank", where),
+            "q_lora_rank": _hf_int(data, "q_lora_rank", where, default=0),
+            "head_dim": _hf_int(data, "qk_nope_head_dim", where),
+            "qk_rope_head_dim": _hf_int(data, "qk_rope_head_dim", where),
+            "v_head_dim": _hf_int(data, "v_head_dim", where), "num_kv_heads": heads}
 
 
 def model_from_hf_config(data: dict, *, where: str, name: str) -> ModelSpec:
     """A ModelSpec from a HuggingFace config.json (Llama, Mistral/Mixtral, Qwen2/3(-MoE),
-    Nemotron and other Llama-style configs). seq_len is max_position_embeddings."""
-    if "kv_lora_rank" in data or "q_lora_rank" in data:
-        raise SpecError(f"{where}: multi-head latent attention (DeepSeek MLA) cannot be "
-                        "expressed as a ModelSpec; see cost_models/catalog.py")
+    DeepSeek-V2/V3, Nemotron and other Llama-style configs). seq_len is
+    max_position_embeddings; DeepSeek's multi-token-prediction layers are not counted."""
     layers = _hf_int(data, "num_hidden_layers", where)
     heads = _hf_int(data, "num_attention_heads", where)
     ffn = _hf_int(data, "intermediate_size", where,
@@ -258,7 +279,8 @@ def model_from_hf_config(data: dict, *, where: str, name: str) -> ModelSpec:
                "head_dim": _hf_int(data, "head_dim", where, default=0),
                "seq_len": _hf_int(data, "max_position_embeddings", where),
                "vocab_size": _hf_int(data, "vocab_size", where), "mlp": _hf_mlp(data, where),
-               "tied_embeddings": tied, **_hf_moe(data, layers, ffn, where)}
+               "tied_embeddings": tied, **_hf_moe(data, layers, ffn, where),
+               **_hf_mla(data, where)}
     try:
         return ModelSpec(**fields_)
     except SpecError as error:

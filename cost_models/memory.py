@@ -13,7 +13,8 @@ from dataclasses import replace
 import numpy as np
 
 from cost_models.params import (
-    attention_params,
+    attention_replicated_params,
+    attention_sharded_params,
     dense_mlp_params,
     embedding_params,
     expert_params,
@@ -62,8 +63,9 @@ def stage_param_counts(model: ModelSpec, plans: PlanArrays) -> tuple[np.ndarray,
     the whole-step benchmark on an H100, results/gpu/README.md)."""
     layers = stage_layers(model.num_layers, plans.pp)
     moe_share = model.num_moe_layers / model.num_layers
-    per_layer = attention_params(model) + 2 * model.hidden_size
+    per_layer = attention_sharded_params(model) + 2 * model.hidden_size
     dense = layers * (per_layer + (1 - moe_share) * dense_mlp_params(model)) / plans.tp
+    dense = dense + layers * attention_replicated_params(model)  # whole on every TP rank
     tables = np.where(plans.pp == 1, 1.0, 1.0 if model.tied_embeddings else 0.5)
     dense = dense + embedding_params(model) * tables / plans.tp
     shared = mlp_matrices(model.mlp) * model.hidden_size * model.moe_shared_ffn_hidden_size
@@ -101,10 +103,12 @@ def layer_activation_bytes_per_token(model: ModelSpec, plans: PlanArrays, moe: b
     in MoE layers the norm outputs and every routed copy's tensors go; dense layers
     recompute as selective.
     """
-    h, q, kv = model.hidden_size, model.q_dim, model.kv_dim
+    h = model.hidden_size
     mats = mlp_matrices(model.mlp)
     replicated = 10.0 * h
-    attn = ACT_BYTES * (2 * q + 2 * kv)
+    # Q, K, V and the attention output, split by heads; MLA's latents on every rank
+    attn = ACT_BYTES * (model.q_dim + model.k_dim + model.v_dim + model.o_dim)
+    latents = ACT_BYTES * model.mla_latent_dim
     copies = model.moe_topk if moe else 1
     f = model.moe_ffn_hidden_size if moe else model.ffn_hidden_size
     act_out = ACT_BYTES * copies * f
@@ -114,7 +118,8 @@ def layer_activation_bytes_per_token(model: ModelSpec, plans: PlanArrays, moe: b
     # TP ranks split attention heads and FFN columns; with expert-TP 1 they split the tokens
     # of an MoE layer instead (sequence parallel), which divides the same bytes by tp.
     tp_div = np.where(plans.sequence_parallel, plans.tp, 1)
-    full = replicated / tp_div + (attn + mlp) / plans.tp + score_bytes_per_token(model, plans)
+    full = (replicated / tp_div + latents + (attn + mlp) / plans.tp
+            + score_bytes_per_token(model, plans))
     modules = np.where(plans.flash_attention,
                        ACT_BYTES * 2 * h / tp_div + (act_out / plans.tp if moe else 0.0), 0.0)
     kept_input = ACT_BYTES * h / tp_div

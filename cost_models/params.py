@@ -3,7 +3,9 @@
 Per layer (Narayanan et al. 2021, arXiv:2104.04473 Sec. 5.1 for the dense GPT case, generalized
 to grouped-query attention, separate head_dim and gated MLPs as in Llama 3, arXiv:2407.21783):
   attention: h*(q + 2kv) for Q, K, V  +  q*h for the output projection   (q = heads*head_dim,
-             kv = kv_heads*head_dim; biases and norms are counted separately below)
+             kv = kv_heads*head_dim; biases and norms are counted separately below);
+             multi-head latent attention: down- and up-projections through the latents
+             (`attention_sharded_params`, `attention_replicated_params`)
   MLP:       gelu/relu/relu2: 2*h*f      swiglu: 3*h*f   (gate, up, down)
   MoE layer: router h*E + E experts of the MLP above with width f_e + the shared expert
   norms:     2*h per layer (+ h final norm); biases are ignored (<0.01% at these sizes)
@@ -21,8 +23,31 @@ def mlp_matrices(mlp: Mlp) -> int:
 
 
 def attention_params(model: ModelSpec) -> int:
+    """All attention weights of one layer: the ones TP shards plus the replicated ones."""
+    return attention_sharded_params(model) + attention_replicated_params(model)
+
+
+def attention_sharded_params(model: ModelSpec) -> int:
+    """Weights TP splits by heads: Q, K, V and output projections; with multi-head latent
+    attention (arXiv:2412.19437 Eqs. 1-9) the up-projections from the latents (queries to
+    q_dim, keys' no-RoPE part and values from the KV latent) and the output projection."""
     h = model.hidden_size
-    return h * (model.q_dim + 2 * model.kv_dim) + model.q_dim * h
+    if not model.is_mla:
+        return h * (model.q_dim + model.k_dim + model.v_dim) + model.o_dim * h
+    q_in = model.q_lora_rank or h
+    kv_up = model.kv_lora_rank * (model.num_heads * model.head_dim + model.v_dim)
+    return q_in * model.q_dim + kv_up + model.o_dim * h
+
+
+def attention_replicated_params(model: ModelSpec) -> int:
+    """MLA's down-projections to the query and KV latents (the KV one also yields the shared
+    RoPE key) and the latents' norms: Megatron-Core builds them unsplit on every TP rank."""
+    if not model.is_mla:
+        return 0
+    h = model.hidden_size
+    q_down = (h + 1) * model.q_lora_rank  # weight and norm
+    kv_down = h * (model.kv_lora_rank + model.qk_rope_head_dim) + model.kv_lora_rank
+    return q_down + kv_down
 
 
 def dense_mlp_params(model: ModelSpec) -> int:

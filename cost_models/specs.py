@@ -79,6 +79,15 @@ class ModelSpec:
     moe_ffn_hidden_size: int = 0  # per-expert FFN width
     moe_shared_ffn_hidden_size: int = 0  # shared-expert FFN width, 0: none
     moe_layer_freq: float = 0.0  # fraction of layers that are MoE
+    # Multi-head latent attention (DeepSeek-V2/V3, arXiv:2412.19437 Sec. 2.1.1), on when
+    # kv_lora_rank > 0: keys and values are up-projected from a kv_lora_rank-wide latent,
+    # queries from a q_lora_rank-wide one (0: projected from the hidden state directly).
+    # head_dim is then the no-RoPE part of a query/key head (Megatron --qk-head-dim), to which
+    # qk_rope_head_dim adds the decoupled RoPE part; values are v_head_dim wide.
+    q_lora_rank: int = 0
+    kv_lora_rank: int = 0
+    qk_rope_head_dim: int = 0
+    v_head_dim: int = 0
 
     def __post_init__(self) -> None:
         owner = f"model {self.name!r}"
@@ -97,6 +106,19 @@ class ModelSpec:
                  f"{owner}.num_heads={self.num_heads} must be a multiple of "
                  f"num_kv_heads={self.num_kv_heads}")
         self._check_moe(owner)
+        self._check_mla(owner)
+
+    def _check_mla(self, owner: str) -> None:
+        for name in ("q_lora_rank", "kv_lora_rank", "qk_rope_head_dim", "v_head_dim"):
+            _require(getattr(self, name) >= 0, f"{owner}.{name} must be >= 0")
+        if not self.is_mla:
+            _require(self.q_lora_rank == self.qk_rope_head_dim == self.v_head_dim == 0,
+                     f"{owner}: q_lora_rank/qk_rope_head_dim/v_head_dim are multi-head latent "
+                     "attention fields and need kv_lora_rank > 0")
+            return
+        _require(self.num_kv_heads == self.num_heads,
+                 f"{owner}: multi-head latent attention has one key/value head per query "
+                 f"head; set num_kv_heads={self.num_heads}")
 
     def _check_moe(self, owner: str) -> None:
         if self.num_experts == 1:
@@ -124,12 +146,36 @@ class ModelSpec:
         return self.num_layers - self.num_moe_layers
 
     @property
+    def is_mla(self) -> bool:
+        return self.kv_lora_rank > 0
+
+    @property
     def q_dim(self) -> int:
-        return self.num_heads * self.head_dim
+        """Width of the queries (and of the keys each query head meets)."""
+        return self.num_heads * (self.head_dim + self.qk_rope_head_dim)
 
     @property
     def kv_dim(self) -> int:
+        """Width of the keys or of the values of a grouped-query layer (k_dim / v_dim)."""
         return self.num_kv_heads * self.head_dim
+
+    @property
+    def k_dim(self) -> int:
+        return self.num_kv_heads * (self.head_dim + self.qk_rope_head_dim)
+
+    @property
+    def v_dim(self) -> int:
+        return self.num_kv_heads * (self.v_head_dim or self.head_dim)
+
+    @property
+    def o_dim(self) -> int:
+        """Width of the attention output (the output projection's input)."""
+        return self.num_heads * (self.v_head_dim or self.head_dim)
+
+    @property
+    def mla_latent_dim(self) -> int:
+        """Per-token latents an MLA layer computes on every TP rank (0 without MLA)."""
+        return self.q_lora_rank + self.kv_lora_rank + self.qk_rope_head_dim if self.is_mla else 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -17,6 +17,8 @@ run results/plans/500b_10000_dgx-h100.txt autotune --model 500b --gpus 10000 \
   --out results/plans/500b_10000_dgx-h100.json --plot results/plans/500b_10000
 run results/plans/500b_9984_dgx-h100.txt autotune --model 500b --gpus 9984 \
   --out results/plans/500b_9984_dgx-h100.json
+run results/plans/deepseek-v3_2048_dgx-h100.txt autotune --model deepseek-v3 --gpus 2048 \
+  --out results/plans/deepseek-v3_2048_dgx-h100.json
 run results/gpu/kernel_fit.txt python -m cost_models.kernel_fit results/gpu
 python scripts/bench_search.py --out results/search/bench_search.txt
 tail -n 3 results/validation/summary.txt results/gpu/kernel_fit.txt

@@ -197,7 +197,33 @@ def _model_args(model: ModelSpec) -> list[str]:
     args += {Mlp.SWIGLU: ["--swiglu"], Mlp.RELU2: ["--squared-relu"]}.get(model.mlp, [])
     if not model.tied_embeddings:
         args.append("--untie-embeddings-and-output-weights")
-    return args + _moe_args(model)
+    return args + _mla_args(model) + _moe_args(model)
+
+
+def _mla_fields(model: ModelSpec) -> dict[str, int]:
+    """Megatron-Core MLATransformerConfig fields of a multi-head latent attention model
+    (q_lora_rank None: queries projected directly)."""
+    if not model.is_mla:
+        return {}
+    return {"q_lora_rank": model.q_lora_rank or None, "kv_lora_rank": model.kv_lora_rank,
+            "qk_head_dim": model.head_dim, "qk_pos_emb_head_dim": model.qk_rope_head_dim,
+            "v_head_dim": model.v_head_dim or model.head_dim}
+
+
+def _mla_args(model: ModelSpec) -> list[str]:
+    fields = _mla_fields(model)
+    if not fields:
+        return []
+    args = ["--multi-latent-attention"]
+    for name, value in fields.items():
+        if value is not None:
+            args += ["--" + name.replace("_", "-"), str(value)]
+    return args
+
+
+def megatron_config_class(model: ModelSpec) -> str:
+    """The megatron-core config class the kwargs below are for (tuner/ cannot import it)."""
+    return "MLATransformerConfig" if model.is_mla else "TransformerConfig"
 
 
 def _moe_args(model: ModelSpec) -> list[str]:
@@ -234,7 +260,8 @@ def megatron_env(plan: Plan) -> dict[str, str]:
 
 
 def megatron_transformer_config_kwargs(model: ModelSpec, plan: Plan) -> dict[str, object]:
-    """Keyword arguments of megatron-core's `TransformerConfig` for the same plan.
+    """Keyword arguments of megatron-core's `TransformerConfig` for the same plan
+    (`MLATransformerConfig` for a multi-head latent attention model: megatron_config_class).
 
     tuner/ cannot import torch, so three values are names for the caller to resolve:
     `params_dtype` and `pipeline_dtype` name a `torch` dtype attribute, and `activation_func`
@@ -264,6 +291,8 @@ def megatron_transformer_config_kwargs(model: ModelSpec, plan: Plan) -> dict[str
                    "account_for_loss_in_pipeline_split": True}
     kwargs.update(_recompute_kwargs(model, plan))
     kwargs.update(_moe_kwargs(model))
+    if model.is_mla:
+        kwargs |= {"multi_latent_attention": True, **_mla_fields(model)}
     return kwargs
 
 

@@ -190,3 +190,15 @@ def test_zero3_gathers_and_links_follow_the_implementation():
     assert rail > 4 * pooled  # 1 of 8 NICs per group
     with pytest.raises(SpecError, match="zero3_impl='zero' must be one of fsdp, deepspeed"):
         Plan(dp=2, global_batch_size=2, zero=3, zero3_impl="zero")
+
+
+def test_mla_model_flops_are_six_per_weight_plus_attention_over_qk_and_v_widths():
+    """DeepSeek-V3 (multi-head latent attention): every matrix weight a token passes through
+    costs 6 FLOPs, and the causal attention core 3 x 2 x s/2 x (192 + 128) x heads."""
+    from cost_models.params import count_active_parameters
+
+    m = model_preset("deepseek-v3")
+    norms = m.num_layers * (2 * m.hidden_size + m.q_lora_rank + m.kv_lora_rank) + m.hidden_size
+    matrices = count_active_parameters(m) - m.vocab_size * m.hidden_size - norms
+    core = 2 * m.seq_len / 2 * m.num_heads * (192 + 128) * m.num_layers
+    assert model_flops_per_token(m) == pytest.approx(3 * (2 * matrices + core), rel=1e-12)

@@ -8,13 +8,14 @@ import re
 import warnings
 
 import pytest
-from launch_specs import GPT3, LLAMA, QWEN3, TINY_MOE
+from launch_specs import DEEPSEEK_V3, GPT3, LLAMA, QWEN3, TINY_MOE
 
 from bench.megatron_step import resolved_config_kwargs
 from cost_models.specs import ModelSpec, Plan, SpecError
 from tuner.megatron import (
     check_megatron,
     megatron_args,
+    megatron_config_class,
     megatron_ddp_config_kwargs,
     megatron_env,
     megatron_transformer_config_kwargs,
@@ -26,6 +27,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from megatron.core.distributed import DistributedDataParallelConfig
     from megatron.core.transformer import TransformerConfig
+    from megatron.core.transformer import transformer_config as configs
 
 # Megatron-LM 0.16 `megatron/training/arguments.py`: every flag megatron_args may emit, with
 # its type (None: store_true). Unknown flags make parse_args fail, so a misspelt flag fails.
@@ -56,6 +58,8 @@ MEGATRON_LM_FLAGS = {
     "--swiglu": None, "--squared-relu": None, "--untie-embeddings-and-output-weights": None,
     "--num-experts": int, "--moe-router-topk": int, "--moe-ffn-hidden-size": int,
     "--moe-layer-freq": str, "--moe-shared-expert-intermediate-size": int,
+    "--multi-latent-attention": None, "--q-lora-rank": int, "--kv-lora-rank": int,
+    "--qk-head-dim": int, "--qk-pos-emb-head-dim": int, "--v-head-dim": int,
 }
 
 
@@ -74,11 +78,12 @@ def parse_megatron(args: list[str]) -> argparse.Namespace:
 
 
 def transformer_config(model: ModelSpec, plan: Plan) -> TransformerConfig:
-    """megatron-core's TransformerConfig from the tuner's kwargs, names resolved to objects."""
+    """megatron-core's TransformerConfig (MLATransformerConfig for MLA models) from the
+    tuner's kwargs, names resolved to objects."""
     kwargs = resolved_config_kwargs(model, plan)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return TransformerConfig(**kwargs)
+        return getattr(configs, megatron_config_class(model))(**kwargs)
 
 
 ACCEPTED = {
@@ -103,6 +108,8 @@ ACCEPTED = {
     # 94 layers + embedding + loss = 96 slots = 8 stages x 4 chunks x 3 (the ModelZoo's runs)
     "llama-bf16-grads": (LLAMA, Plan(tp=8, pp=2, dp=4, global_batch_size=64, zero=1,
                                      sequence_parallel=True, grad_reduce_in_bf16=True)),
+    "deepseek-v3-mla": (DEEPSEEK_V3, Plan(tp=4, pp=8, dp=8, ep=32, global_batch_size=256,
+                                          sequence_parallel=True, zero=1)),
     "qwen3-interleaved-embedding-and-loss": (QWEN3, Plan(
         tp=4, pp=8, vpp=4, dp=8, ep=8, global_batch_size=256, sequence_parallel=True,
         recompute="moe", zero=1)),
@@ -282,3 +289,21 @@ def test_uneven_pipeline_split_names_first_and_last_stage():
     assert kwargs["num_layers_in_last_pipeline_stage"] == 27
     config = transformer_config(LLAMA, plan)  # megatron-core accepts the split
     assert config.num_layers_in_first_pipeline_stage == 26
+
+
+def test_multi_latent_attention_reaches_megatron_as_mla_fields():
+    """DeepSeek-V3's MLA: MLATransformerConfig takes the same ranks and head dims the
+    arguments carry, and the queries are 192 wide per head (128 + 64 RoPE)."""
+    from megatron.core.transformer.transformer_config import MLATransformerConfig
+
+    model, plan = ACCEPTED["deepseek-v3-mla"]
+    config = transformer_config(model, plan)
+    assert isinstance(config, MLATransformerConfig) and config.multi_latent_attention
+    assert (config.q_lora_rank, config.kv_lora_rank, config.qk_head_dim,
+            config.qk_pos_emb_head_dim, config.v_head_dim) == (1536, 512, 128, 64, 128)
+    parsed = parse_megatron(megatron_args(model, plan))
+    assert parsed.multi_latent_attention and not parsed.group_query_attention
+    assert (parsed.q_lora_rank, parsed.kv_lora_rank, parsed.qk_head_dim,
+            parsed.qk_pos_emb_head_dim, parsed.v_head_dim) == (1536, 512, 128, 64, 128)
+    assert megatron_config_class(LLAMA) == "TransformerConfig"
+    assert "--multi-latent-attention" not in megatron_args(LLAMA, ACCEPTED["llama-gqa-cp"][1])

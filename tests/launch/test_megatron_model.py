@@ -27,3 +27,18 @@ def test_unknown_preset_is_one_line(tmp_path):
                       str(tmp_path / "m.csv"), timeout=300)
     assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr
     assert not (tmp_path / "m.csv").exists()
+
+
+def test_megatron_core_mla_block_has_the_weights_the_cost_model_counts():
+    """Multi-head latent attention: megatron-core's own MLASelfAttention of a tiny model holds
+    exactly the down/up-projection and output weights cost_models.params counts."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).with_name("mla_param_count.py")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=300, cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr[-2000:]
+    megatron, ours = (int(x) for x in done.stdout.split()[-2:])
+    assert megatron == ours

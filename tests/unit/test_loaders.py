@@ -165,6 +165,30 @@ def test_hf_moe_layer_pattern_and_shared_expert(tmp_path):
     assert load_model(write_json(tmp_path / "c2.json", every_other)).num_moe_layers == 47
 
 
+# deepseek-ai/DeepSeek-V3 config.json (the keys the loader reads, and a few it ignores)
+DEEPSEEK_V3_HF = {
+    "model_type": "deepseek_v3", "hidden_size": 7168, "intermediate_size": 18432,
+    "num_hidden_layers": 61, "num_attention_heads": 128, "num_key_value_heads": 128,
+    "q_lora_rank": 1536, "kv_lora_rank": 512, "qk_nope_head_dim": 128,
+    "qk_rope_head_dim": 64, "v_head_dim": 128, "n_routed_experts": 256,
+    "n_shared_experts": 1, "num_experts_per_tok": 8, "moe_intermediate_size": 2048,
+    "first_k_dense_replace": 3, "moe_layer_freq": 1, "vocab_size": 129280,
+    "max_position_embeddings": 163840, "tie_word_embeddings": False, "hidden_act": "silu",
+    "num_nextn_predict_layers": 1, "n_group": 8, "topk_group": 4}
+
+
+def test_hf_deepseek_v3_config_matches_the_preset(tmp_path):
+    """MLA fields, routed + shared experts and the dense first layers from DeepSeek's keys;
+    671B total and 37B activated as published (arXiv:2412.19437), MTP excluded."""
+    model = load_model(write_json(tmp_path / "config.json", DEEPSEEK_V3_HF), seq_len=4096)
+    assert replace(model, name="deepseek-v3") == model_preset("deepseek-v3")
+    assert model.num_dense_layers == 3 and model.is_mla and model.q_dim == 128 * 192
+    assert count_parameters(model) / 1e9 == pytest.approx(671, rel=0.005)
+    assert count_active_parameters(model) / 1e9 == pytest.approx(37, rel=0.02)
+    no_q_latent = {**DEEPSEEK_V3_HF, "q_lora_rank": None}  # DeepSeek-V2-Lite style
+    assert load_model(write_json(tmp_path / "lite.json", no_q_latent)).q_lora_rank == 0
+
+
 def test_hf_mixtral_config_matches_the_preset(tmp_path):
     model = load_model(write_json(tmp_path / "mixtral.json", MIXTRAL_HF), seq_len=4096)
     assert replace(model, name="mixtral-8x22b") == model_preset("mixtral-8x22b")
@@ -174,7 +198,7 @@ def test_hf_mixtral_config_matches_the_preset(tmp_path):
     ({"num_hidden_layers": None}, "missing HuggingFace config key 'num_hidden_layers'"),
     ({"hidden_size": "4096"}, "field 'hidden_size' must be an integer"),
     ({"hidden_act": "mish"}, "hidden_act='mish' is not supported; allowed: silu"),
-    ({"kv_lora_rank": 512}, "multi-head latent attention"),
+    ({"kv_lora_rank": 512}, "missing HuggingFace config key 'qk_nope_head_dim'"),
     ({"num_key_value_heads": 5}, "must be a multiple of num_kv_heads=5"),
 ])
 def test_bad_hf_configs(tmp_path, change, message):
