@@ -124,36 +124,47 @@ def pp_comm_s(model: ModelSpec, plans: PlanArrays, k, cluster: ClusterSpec) -> n
     return np.where(plans.pp > 1, transfers * one, 0.0)
 
 
-def dp_comm_s(model: ModelSpec, plans: PlanArrays, k: dict, cluster: ClusterSpec):
-    """(gradient-side, weight-side) seconds per step; ZeRO-3 is per micro-batch x m."""
-    dense, experts = stage_param_counts(model, plans)
-    grad_b = grad_bytes_per_param(plans)
-    edp = np.maximum(plans.tp * plans.cp * plans.dp // plans.ep, 1)
-    k_edp = np.minimum(np.maximum(cluster.gpus_per_node // plans.ep, 1), edp)
+def zero3_gathers_per_microbatch(plans: PlanArrays) -> tuple[np.ndarray, np.ndarray]:
+    """(dense, expert) weight gathers per micro-batch under ZeRO-3: two, and a third for a
+    recomputed forward under DeepSpeed (the experts' also under MoE-block recompute)."""
     full = plans.recompute == FULL_RECOMPUTE
     moe = full | (plans.recompute == MOE_RECOMPUTE)
     ds = plans.zero3_deepspeed
-    gathers = (np.where(ds & full, 3.0, 2.0), np.where(ds & moe, 3.0, 2.0))
+    return np.where(ds & full, 3.0, 2.0), np.where(ds & moe, 3.0, 2.0)
+
+
+def dp_comm_s(model: ModelSpec, plans: PlanArrays, k: dict, cluster: ClusterSpec):
+    """(gradient-side, weight-side) seconds per step; ZeRO-3 is per micro-batch x m."""
+    dense, experts = stage_param_counts(model, plans)
+    edp = np.maximum(plans.tp * plans.cp * plans.dp // plans.ep, 1)
+    k_edp = np.minimum(np.maximum(cluster.gpus_per_node // plans.ep, 1), edp)
+    gathers = zero3_gathers_per_microbatch(plans)
     layers = stage_layers(model.num_layers, plans.pp)
-    groups = ((dense, plans.dp * plans.cp, k["dp_cp"], gathers[0], layers),
-              (experts, edp, k_edp, gathers[1], layers * model.num_moe_layers
-               / model.num_layers))
-    grad_s, weight_s = 0.0, 0.0
-    gpn = float(cluster.gpus_per_node)
-    for count, n, kk, zero3_gathers, units in groups:
-        # Groups sharing a node's NICs: every GPU's own (DeepSpeed ZeRO-3, rail-bound) or
-        # the default.
-        shared = np.where((plans.zero == 3) & ds, gpn, gpn / np.maximum(kk, 1))
-        # ZeRO-3 gathers and reduces one layer at a time (the FSDP unit; DeepSpeed's
-        # modules are finer still): a collective per layer, each with its own latency.
-        calls = np.where(plans.zero == 3, np.maximum(units, 1.0), 1.0)
-        ar = collective_time_s(AR, count * grad_b, n, kk, cluster)
-        rs = calls * collective_time_s(RS, count * grad_b / calls, n, kk, cluster,
-                                       groups_per_node=shared)
-        ag = calls * collective_time_s(AG, count * WEIGHT_BYTES / calls, n, kk, cluster,
-                                       groups_per_node=shared)
-        held = np.asarray(count) > 0  # a dense model has no expert group to reduce over
-        grad_s = grad_s + held * np.where(plans.zero == 0, ar, rs)
-        weight_s = weight_s + held * np.where(plans.zero == 0, 0.0,
-                                              np.where(plans.zero == 3, zero3_gathers * ag, ag))
+    moe_layers = layers * model.num_moe_layers / model.num_layers
+    dense_s = _dp_group_s(dense, plans.dp * plans.cp, k["dp_cp"], gathers[0], layers, plans,
+                          cluster)
+    expert_s = _dp_group_s(experts, edp, k_edp, gathers[1], moe_layers, plans, cluster)
+    return dense_s[0] + expert_s[0], dense_s[1] + expert_s[1]
+
+
+def _dp_group_s(count, n, kk, zero3_gathers, units, plans: PlanArrays, cluster: ClusterSpec):
+    """(gradient-side, weight-side) seconds of one data-parallel group holding `count`
+    parameters over `n` ranks, `kk` per node, in `units` layers."""
+    grad_b = grad_bytes_per_param(plans)
+    zero3 = plans.zero == 3
+    # Groups sharing a node's NICs: every GPU's own (DeepSpeed ZeRO-3, rail-bound) or the
+    # default.
+    shared = np.where(zero3 & plans.zero3_deepspeed, float(cluster.gpus_per_node),
+                      cluster.gpus_per_node / np.maximum(kk, 1))
+    # ZeRO-3 gathers and reduces one layer at a time (the FSDP unit; DeepSpeed's modules
+    # are finer still): a collective per layer, each with its own latency.
+    calls = np.where(zero3, np.maximum(units, 1.0), 1.0)
+    ar = collective_time_s(AR, count * grad_b, n, kk, cluster)
+    rs = calls * collective_time_s(RS, count * grad_b / calls, n, kk, cluster,
+                                   groups_per_node=shared)
+    ag = calls * collective_time_s(AG, count * WEIGHT_BYTES / calls, n, kk, cluster,
+                                   groups_per_node=shared)
+    held = np.asarray(count) > 0  # a dense model has no expert group to reduce over
+    grad_s = held * np.where(plans.zero == 0, ar, rs)
+    weight_s = held * np.where(plans.zero == 0, 0.0, np.where(zero3, zero3_gathers * ag, ag))
     return grad_s, weight_s
