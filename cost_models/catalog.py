@@ -151,17 +151,18 @@ def deepseek_v3() -> ModelSpec:
     61 layers, hidden 7168, 128 heads; MLA with query latent 1536, KV latent 512, no-RoPE
     head dim 128 + RoPE 64, value head dim 128; the first 3 layers dense (FFN 18432), the
     other 58 MoE with 1 shared and 256 routed experts of FFN 2048, top-8; vocab 129280,
-    untied; seq 4096 (pre-training before context extension). 671B total / 37B activated as
-    published (this spec: 671.0B / 37.6B). Not modelled: the depth-1 multi-token-prediction
-    module (+14B weights, about one more layer and logits per step; Megatron
-    --mtp-num-layers 0 is the layout priced), node-limited routing (at most 4 nodes per
-    token: dispatch is priced as uniform over the EP group's nodes) and the dense layers'
-    placement first (the cost model spreads MoE layers evenly over the stages)."""
+    untied; seq 4096 (pre-training before context extension); group-limited routing over 8
+    expert groups, 4 picked per token (HF n_group / topk_group; the report's node-limited
+    routing, Sec. 2.1.2). 671B total / 37B activated as published (this spec: 671.0B /
+    37.6B). Not modelled: the depth-1 multi-token-prediction module (+14B weights, about one
+    more layer and logits per step; Megatron --mtp-num-layers 0 is the layout priced) and the
+    dense layers' placement first (the cost model spreads MoE layers evenly over stages)."""
     return ModelSpec(name="deepseek-v3", num_layers=61, hidden_size=7168,
                      ffn_hidden_size=18432, num_heads=128, num_kv_heads=128, head_dim=128,
                      seq_len=4096, vocab_size=129280, mlp=Mlp.SWIGLU, tied_embeddings=False,
                      num_experts=256, moe_topk=8, moe_ffn_hidden_size=2048,
                      moe_shared_ffn_hidden_size=2048, moe_layer_freq=58 / 61,
+                     moe_router_groups=8, moe_router_group_topk=4,
                      q_lora_rank=1536, kv_lora_rank=512, qk_rope_head_dim=64, v_head_dim=128)
 
 

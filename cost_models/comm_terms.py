@@ -90,10 +90,32 @@ def cp_comm_per_layer_s(model: ModelSpec, plans: PlanArrays, k, cluster: Cluster
     return hops * hop, 2 * hops * hop
 
 
-def remote_copies_per_token(topk: int, nodes) -> np.ndarray:
-    """Expected remote nodes a token is sent to under node-deduplicated dispatch."""
+def remote_copies_per_token(model: ModelSpec, nodes) -> np.ndarray:
+    """Expected remote nodes a token is sent to under node-deduplicated dispatch, with the
+    experts laid out in order over the EP group's `nodes` nodes.
+
+    Uniform routing: another node holds 1/nodes of the experts and all top-k choices miss it
+    with probability (1 - 1/nodes)^k. Group-limited routing (DeepSeek-V3, arXiv:2412.19437
+    Sec. 2.1.2, node-limited routing; Megatron-Core moe_router_num_groups/group_topk): a token
+    picks g of the G expert groups, then its top-k experts inside them. With nodes <= G a node
+    holds G/nodes whole groups and is missed when none of them is picked, with probability
+    C(G - G/nodes, g) / C(G, g); with nodes > G a group spans nodes/G nodes, and a node is hit
+    when its group is picked (g/G) and one of the k experts, spread over the g*nodes/G nodes
+    of the picked groups, lands on it.
+    """
     nodes = np.maximum(np.asarray(nodes, dtype=float), 1.0)
-    return (nodes - 1.0) * (1.0 - (1.0 - 1.0 / nodes) ** topk)
+    k = model.moe_topk
+    uniform = 1.0 - (1.0 - 1.0 / nodes) ** k
+    groups, picked = model.moe_router_groups, model.moe_router_group_topk
+    if groups == 0:
+        return (nodes - 1.0) * uniform
+    per_node = groups / nodes
+    missed = np.ones_like(nodes)
+    for i in range(picked):
+        missed = missed * np.clip((groups - per_node - i) / (groups - i), 0.0, 1.0)
+    spread = picked / groups * (1.0 - (1.0 - groups / (picked * nodes)) ** k)
+    hit = np.where(nodes <= groups, 1.0 - missed, spread)
+    return (nodes - 1.0) * hit
 
 
 def ep_comm_per_layer_s(model: ModelSpec, plans: PlanArrays, k, cluster: ClusterSpec):
@@ -107,7 +129,7 @@ def ep_comm_per_layer_s(model: ModelSpec, plans: PlanArrays, k, cluster: Cluster
     token_bytes = model.hidden_size * ACT_BYTES
     n, kk = plans.ep.astype(float), np.minimum(k, plans.ep).astype(float)
     nodes = np.ceil(n / kk)
-    remote = tokens * remote_copies_per_token(model.moe_topk, nodes) * token_bytes
+    remote = tokens * remote_copies_per_token(model, nodes) * token_bytes
     local = tokens * model.moe_topk * token_bytes
     size = np.where(nodes > 1, remote * n / np.maximum(n - kk, 1.0), local)
     redone = (plans.recompute == FULL_RECOMPUTE) | (plans.recompute == MOE_RECOMPUTE)

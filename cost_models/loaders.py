@@ -241,7 +241,11 @@ def _hf_moe(data: dict, layers: int, ffn: int, where: str) -> dict:
     expert_ffn = _hf_int(data, "moe_intermediate_size", where, default=ffn)
     # DeepSeek counts shared experts of the routed experts' width (n_shared_experts)
     shared = _hf_int(data, "n_shared_experts", where, default=0) * expert_ffn
-    return {"num_experts": experts, "moe_topk": _hf_int(data, "num_experts_per_tok", where),
+    groups = _hf_int(data, "n_group", where, default=1)  # DeepSeek's group-limited routing
+    limit = ({"moe_router_groups": groups,
+              "moe_router_group_topk": _hf_int(data, "topk_group", where)} if groups > 1 else {})
+    return {**limit, "num_experts": experts,
+            "moe_topk": _hf_int(data, "num_experts_per_tok", where),
             "moe_ffn_hidden_size": expert_ffn,
             "moe_shared_ffn_hidden_size": _hf_int(data, "shared_expert_intermediate_size",
                                                   where, default=shared),

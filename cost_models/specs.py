@@ -79,6 +79,11 @@ class ModelSpec:
     moe_ffn_hidden_size: int = 0  # per-expert FFN width
     moe_shared_ffn_hidden_size: int = 0  # shared-expert FFN width, 0: none
     moe_layer_freq: float = 0.0  # fraction of layers that are MoE
+    # Group-limited routing (DeepSeek-V3's node-limited routing): the experts form
+    # moe_router_groups groups and a token's top-k experts come from moe_router_group_topk
+    # of them; 0: unlimited.
+    moe_router_groups: int = 0
+    moe_router_group_topk: int = 0
     # Multi-head latent attention (DeepSeek-V2/V3, arXiv:2412.19437 Sec. 2.1.1), on when
     # kv_lora_rank > 0: keys and values are up-projected from a kv_lora_rank-wide latent,
     # queries from a q_lora_rank-wide one (0: projected from the hidden state directly).
@@ -122,8 +127,9 @@ class ModelSpec:
 
     def _check_moe(self, owner: str) -> None:
         if self.num_experts == 1:
-            _require(self.moe_layer_freq == 0.0 and self.moe_topk == 0,
-                     f"{owner}: moe_topk/moe_layer_freq need num_experts > 1")
+            _require(self.moe_layer_freq == 0.0 and self.moe_topk == 0
+                     and self.moe_router_groups == self.moe_router_group_topk == 0,
+                     f"{owner}: moe_topk/moe_layer_freq/moe_router_groups need num_experts > 1")
             return
         _require(1 <= self.moe_topk <= self.num_experts,
                  f"{owner}.moe_topk={self.moe_topk} must be in 1..num_experts={self.num_experts}")
@@ -132,6 +138,18 @@ class ModelSpec:
         _positive(owner, moe_ffn_hidden_size=self.moe_ffn_hidden_size)
         _require(self.moe_shared_ffn_hidden_size >= 0,
                  f"{owner}.moe_shared_ffn_hidden_size must be >= 0")
+        self._check_groups(owner)
+
+    def _check_groups(self, owner: str) -> None:
+        groups, picked = self.moe_router_groups, self.moe_router_group_topk
+        if groups == picked == 0:
+            return
+        _require(groups >= 2 and self.num_experts % groups == 0,
+                 f"{owner}.moe_router_groups={groups} must be >= 2 and divide "
+                 f"num_experts={self.num_experts} (0: no group limit)")
+        _require(1 <= picked <= groups and picked * self.num_experts // groups >= self.moe_topk,
+                 f"{owner}.moe_router_group_topk={picked} must be in 1..{groups} and its "
+                 f"groups must hold moe_topk={self.moe_topk} experts")
 
     @property
     def is_moe(self) -> bool:

@@ -234,6 +234,9 @@ def _moe_args(model: ModelSpec) -> list[str]:
             "--moe-layer-freq", moe_layer_pattern(model), "--moe-grouped-gemm"]
     if model.moe_shared_ffn_hidden_size > 0:
         args += ["--moe-shared-expert-intermediate-size", str(model.moe_shared_ffn_hidden_size)]
+    if model.moe_router_groups:
+        args += ["--moe-router-num-groups", str(model.moe_router_groups),
+                 "--moe-router-group-topk", str(model.moe_router_group_topk)]
     return args
 
 
@@ -314,7 +317,9 @@ def _moe_kwargs(model: ModelSpec) -> dict[str, object]:
     return {"num_moe_experts": model.num_experts, "moe_router_topk": model.moe_topk,
             "moe_ffn_hidden_size": model.moe_ffn_hidden_size, "moe_layer_freq": freq,
             "moe_shared_expert_intermediate_size": model.moe_shared_ffn_hidden_size or None,
-            "expert_tensor_parallel_size": 1, "moe_grouped_gemm": True}
+            "expert_tensor_parallel_size": 1, "moe_grouped_gemm": True,
+            "moe_router_num_groups": model.moe_router_groups or None,
+            "moe_router_group_topk": model.moe_router_group_topk or None}
 
 
 def megatron_ddp_config_kwargs(plan: Plan) -> dict[str, object]:

@@ -202,3 +202,25 @@ def test_mla_model_flops_are_six_per_weight_plus_attention_over_qk_and_v_widths(
     matrices = count_active_parameters(m) - m.vocab_size * m.hidden_size - norms
     core = 2 * m.seq_len / 2 * m.num_heads * (192 + 128) * m.num_layers
     assert model_flops_per_token(m) == pytest.approx(3 * (2 * matrices + core), rel=1e-12)
+
+
+def test_group_limited_routing_reaches_fewer_nodes():
+    """DeepSeek-V3 picks 4 of 8 expert groups per token. Groups laid out over 8 nodes: 4
+    nodes are hit, 3.5 of them remote (uniform top-8: 7 x (1 - (7/8)^8) = 4.59). Over 2
+    nodes of 4 groups each, the other node is missed only when all 4 picks are local:
+    1/C(8,4). Over 16 nodes a group spans 2: 15 x 4/8 x (1 - (1 - 8/64)^8)."""
+    from dataclasses import replace
+
+    from cost_models.comm_terms import remote_copies_per_token
+    from cost_models.specs import SpecError
+
+    limited = model_preset("deepseek-v3")
+    uniform = replace(limited, moe_router_groups=0, moe_router_group_topk=0)
+    nodes = np.array([2.0, 8.0, 16.0])
+    expected = [1 - 1 / 70, 3.5, 15 * 0.5 * (1 - (1 - 8 / 64) ** 8)]
+    assert list(remote_copies_per_token(limited, nodes)) == pytest.approx(expected)
+    assert remote_copies_per_token(uniform, 8.0) == pytest.approx(7 * (1 - (7 / 8) ** 8))
+    with pytest.raises(SpecError, match="must be >= 2 and divide num_experts=256"):
+        replace(limited, moe_router_groups=7)
+    with pytest.raises(SpecError, match="groups must hold moe_topk=8 experts"):
+        replace(limited, moe_router_groups=128, moe_router_group_topk=2)
