@@ -180,6 +180,8 @@ def inner_candidates(space: Space, layout: Layout) -> PlanArrays:
     ok &= (vpp == 1) | (micro % layout.pp == 0)
     if space.model.is_moe:
         ok &= (layout.tp * layout.cp * dp) % layout.ep == 0
+    if k.zero3_impl == "deepspeed":  # DeepSpeed runs ZeRO-3 but not the MoE-block recompute
+        ok &= (zero != 3) | (rec != RECOMPUTE_CODES.index(Recompute.MOE))
     n = int(ok.sum())
     full = np.full(n, 1, dtype=np.int64)
     return PlanArrays(

@@ -136,6 +136,19 @@ def test_moe_block_recompute_is_offered_to_moe_models_only():
         assert (moe_code in codes) is expect
 
 
+def test_deepspeed_zero3_candidates_are_ones_deepspeed_runs():
+    """--zero3-impl deepspeed: every ZeRO-3 candidate carries the implementation, and none
+    recomputes the MoE block (a Megatron-Core module list DeepSpeed does not have)."""
+    moe_code = RECOMPUTE_CODES.index(Recompute.MOE)
+    space = make_space("qwen3-235b-a22b", "dgx-h100", 256, (512, 512), zero3_impl="deepspeed")
+    arrays = [inner_candidates(space, x) for x in layouts(space)]
+    zero3 = np.concatenate([a.recompute[a.zero == 3] for a in arrays])
+    assert len(zero3) > 0 and moe_code not in set(zero3.tolist())
+    assert all(a.zero3_deepspeed.all() for a in arrays if len(a))
+    others = np.concatenate([a.recompute[a.zero != 3] for a in arrays])
+    assert moe_code in set(others.tolist())
+
+
 def test_dense_short_sequence_models_get_no_cp_or_ep():
     space = make_space("gpt3-175b", "dgx-h100", 1024, (1536, 1536))
     assert {(x.cp, x.ep) for x in layouts(space)} == {(1, 1)}
