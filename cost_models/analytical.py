@@ -28,6 +28,7 @@ from cost_models.compute import (
     layer_times,
     logits_time_s,
     memory_bound_time_s,
+    mtp_projection_time_s,
     selective_recompute_s,
 )
 from cost_models.flops import model_flops_per_token
@@ -63,25 +64,45 @@ class BatchEstimate:
 
 def _per_microbatch(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays, k: dict):
     """Seconds per micro-batch on the slowest stage, by term: the fullest inner stage or the
-    last one (fewer layers when the split is uneven, plus the logits), whichever is slower."""
+    last one (fewer layers when the split is uneven, plus the logits and any multi-token-
+    prediction depths), whichever is slower."""
     per_layer = _per_layer(model, cluster, plans, k)
-    logits = logits_time_s(model, cluster, plans)
+    head = _last_stage_extra(model, cluster, plans, k)
     inner, last = inner_and_last_layers(model.num_layers, plans.pp)
     layer_s = sum(per_layer.values())
-    on_last = last * layer_s + logits >= inner * layer_s
+    on_last = last * layer_s + sum(head.values()) >= inner * layer_s
     layers = np.where(on_last, last, inner)
-    terms = {name: layers * value for name, value in per_layer.items()}
-    terms["compute"] = terms["compute"] + np.where(on_last, logits, 0.0)
-    return terms
+    return {name: layers * value + np.where(on_last, head.get(name, 0.0), 0.0)
+            for name, value in per_layer.items()}
 
 
-def _per_layer(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays, k: dict):
-    """Seconds per micro-batch of one layer, by term (dense and MoE layers in proportion)."""
+def _last_stage_extra(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays, k: dict):
+    """Seconds per micro-batch, by term, the last stage adds to its layers: the output head,
+    and per multi-token-prediction depth its projection, one layer of the model's kind and
+    the head again."""
+    logits = logits_time_s(model, cluster, plans)
+    extra = {"compute": logits}
+    if model.mtp_layers == 0:
+        return extra
+    layer = _per_layer(model, cluster, plans, k, mix=((model.is_moe, 1.0),))
+    for name, value in layer.items():
+        extra[name] = extra.get(name, 0.0) + model.mtp_layers * value
+    proj_s = mtp_projection_time_s(model, cluster, plans)
+    extra["compute"] = extra["compute"] + model.mtp_layers * (logits + proj_s)
+    return extra
+
+
+def _per_layer(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays, k: dict,
+               mix=None):
+    """Seconds per micro-batch of one layer, by term: dense and MoE layers in proportion,
+    or the (is MoE, share) pairs of `mix`."""
     terms = {name: 0.0 for name in ("compute", "recompute", "tp_comm", "cp_comm", "ep_comm")}
-    for moe, count in ((False, model.num_dense_layers), (True, model.num_moe_layers)):
-        if count == 0:
+    if mix is None:
+        mix = ((False, model.num_dense_layers / model.num_layers),
+               (True, model.num_moe_layers / model.num_layers))
+    for moe, share in mix:
+        if share == 0:
             continue
-        share = count / model.num_layers
         t = layer_times(model, cluster, plans, moe)
         selective = selective_recompute_s(model, cluster, plans, moe, t.attention_s)
         whole_moe = selective_recompute_s(model, cluster, plans, moe, t.attention_s,

@@ -10,8 +10,8 @@ Conventions for every preset:
   * biases, position embeddings and QK-norm weights are not ModelSpec fields (each < 0.1%).
 
 DeepSeek-V3's multi-head latent attention is expressed with the MLA fields of ModelSpec
-(q_lora_rank, kv_lora_rank, qk_rope_head_dim, v_head_dim); its multi-token-prediction module
-is not part of the preset (see `deepseek_v3`).
+(q_lora_rank, kv_lora_rank, qk_rope_head_dim, v_head_dim), its multi-token prediction with
+mtp_layers (see `deepseek_v3`).
 """
 
 from __future__ import annotations
@@ -154,15 +154,16 @@ def deepseek_v3() -> ModelSpec:
     untied; seq 4096 (pre-training before context extension); group-limited routing over 8
     expert groups, 4 picked per token (HF n_group / topk_group; the report's node-limited
     routing, Sec. 2.1.2). 671B total / 37B activated as published (this spec: 671.0B /
-    37.6B). Not modelled: the depth-1 multi-token-prediction module (+14B weights, about one
-    more layer and logits per step; Megatron --mtp-num-layers 0 is the layout priced) and the
-    dense layers' placement first (the cost model spreads MoE layers evenly over stages)."""
+    37.6B), plus the depth-1 multi-token-prediction module trained with it (Sec. 2.2;
+    11.6B weights here, 14B in the release with its own embedding and head copies). Not
+    modelled: the dense layers' placement first (the cost model spreads MoE layers evenly
+    over the stages)."""
     return ModelSpec(name="deepseek-v3", num_layers=61, hidden_size=7168,
                      ffn_hidden_size=18432, num_heads=128, num_kv_heads=128, head_dim=128,
                      seq_len=4096, vocab_size=129280, mlp=Mlp.SWIGLU, tied_embeddings=False,
                      num_experts=256, moe_topk=8, moe_ffn_hidden_size=2048,
                      moe_shared_ffn_hidden_size=2048, moe_layer_freq=58 / 61,
-                     moe_router_groups=8, moe_router_group_topk=4,
+                     moe_router_groups=8, moe_router_group_topk=4, mtp_layers=1,
                      q_lora_rank=1536, kv_lora_rank=512, qk_rope_head_dim=64, v_head_dim=128)
 
 

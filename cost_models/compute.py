@@ -25,6 +25,7 @@ from cost_models.flops import (
     attention_gemms,
     ffn_gemms,
     logits_gemm,
+    mtp_projection_gemm,
 )
 from cost_models.gemm_curve import GemmCurve, curve_for, gemm_time_s
 from cost_models.params import mlp_matrices
@@ -242,6 +243,15 @@ def unfused_attention_s(model: ModelSpec, cluster: ClusterSpec, plans: PlanArray
                 + gemm_time_s(heads * s, s, d, peak, curve))
     scores = memory_bound_time_s(heads * float(s) * s, cluster.gpu)
     return products + 9 * scores, BACKWARD_FACTOR * products + 11 * scores
+
+
+def mtp_projection_time_s(model: ModelSpec, cluster: ClusterSpec,
+                          plans: PlanArrays) -> np.ndarray:
+    """A multi-token-prediction depth's 2h -> h projection, forward + backward."""
+    tokens = plans.micro_batch_size * model.seq_len / plans.cp
+    g = mtp_projection_gemm(model, tokens, plans.tp)
+    return (1 + BACKWARD_FACTOR) * gemm_time_s(g.m, g.k, g.n, _gemm_peak(cluster, plans),
+                                               curve_for(cluster.gpu))
 
 
 def logits_time_s(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays) -> np.ndarray:

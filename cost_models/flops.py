@@ -15,7 +15,8 @@ Conventions (one place):
   the scores): Dao 2023, arXiv:2307.08691 Sec. 3.
 - MFU (`model_flops_per_token`): the model FLOPs of PaLM, Chowdhery et al. 2022, arXiv:2204.02311
   Appendix B (6 x parameters touched + attention), counted exactly from the products above,
-  with causal attention halved; recomputation is excluded.
+  with causal attention halved; recomputation is excluded; multi-token-prediction depths
+  count (they are part of the training objective).
 """
 
 from __future__ import annotations
@@ -102,6 +103,11 @@ def layer_gemms(model: ModelSpec, tokens, tp, ep, moe: bool) -> list[Gemm]:
     return attention_gemms(model, tokens, tp) + ffn_gemms(model, tokens, tp, ep, moe)
 
 
+def mtp_projection_gemm(model: ModelSpec, tokens, tp) -> Gemm:
+    """A multi-token-prediction depth's projection of [hidden; embedding] (2h) to h."""
+    return Gemm(name="mtp_proj", m=tokens, k=2 * model.hidden_size, n=model.hidden_size / tp)
+
+
 def logits_gemm(model: ModelSpec, tokens, tp) -> Gemm:
     return Gemm(name="logits", m=tokens, k=model.hidden_size, n=model.vocab_size / tp)
 
@@ -118,8 +124,13 @@ def model_flops_per_token(model: ModelSpec) -> float:
     s = model.seq_len
     dense = sum(float(np.sum(g.flops)) for g in layer_gemms(model, 1.0, 1, 1, moe=False))
     attn = float(attention_core_flops(model, 1.0, s, 1))
-    fwd = (dense + attn) * model.num_dense_layers + float(logits_gemm(model, 1.0, 1).flops)
+    logits = float(logits_gemm(model, 1.0, 1).flops)
+    fwd = (dense + attn) * model.num_dense_layers + logits
+    moe = 0.0
     if model.is_moe:
         moe = sum(float(np.sum(g.flops)) for g in layer_gemms(model, 1.0, 1, 1, moe=True))
         fwd += (moe + attn) * model.num_moe_layers
-    return (1.0 + BACKWARD_FACTOR) * fwd
+    # multi-token prediction: per depth a projection, a layer of the model's kind, the head
+    mtp_layer = (moe if model.is_moe else dense) + attn
+    mtp = float(mtp_projection_gemm(model, 1.0, 1).flops) + mtp_layer + logits
+    return (1.0 + BACKWARD_FACTOR) * (fwd + model.mtp_layers * mtp)

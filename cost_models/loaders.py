@@ -268,7 +268,7 @@ def _hf_mla(data: dict, where: str) -> dict:
 def model_from_hf_config(data: dict, *, where: str, name: str) -> ModelSpec:
     """A ModelSpec from a HuggingFace config.json (Llama, Mistral/Mixtral, Qwen2/3(-MoE),
     DeepSeek-V2/V3, Nemotron and other Llama-style configs). seq_len is
-    max_position_embeddings; DeepSeek's multi-token-prediction layers are not counted."""
+    max_position_embeddings; DeepSeek's num_nextn_predict_layers are its MTP depths."""
     layers = _hf_int(data, "num_hidden_layers", where)
     heads = _hf_int(data, "num_attention_heads", where)
     ffn = _hf_int(data, "intermediate_size", where,
@@ -284,7 +284,8 @@ def model_from_hf_config(data: dict, *, where: str, name: str) -> ModelSpec:
                "seq_len": _hf_int(data, "max_position_embeddings", where),
                "vocab_size": _hf_int(data, "vocab_size", where), "mlp": _hf_mlp(data, where),
                "tied_embeddings": tied, **_hf_moe(data, layers, ffn, where),
-               **_hf_mla(data, where)}
+               **_hf_mla(data, where),
+               "mtp_layers": _hf_int(data, "num_nextn_predict_layers", where, default=0)}
     try:
         return ModelSpec(**fields_)
     except SpecError as error:

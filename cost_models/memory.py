@@ -71,6 +71,21 @@ def stage_param_counts(model: ModelSpec, plans: PlanArrays) -> tuple[np.ndarray,
     shared = mlp_matrices(model.mlp) * model.hidden_size * model.moe_shared_ffn_hidden_size
     dense = dense + layers * moe_share * shared / plans.tp
     experts = layers * moe_share * model.num_experts * expert_params(model) / plans.ep
+    # multi-token prediction sits on the last stage: the one stage holds it when pp == 1
+    mtp = np.where(plans.pp == 1, model.mtp_layers, 0)
+    mtp_dense, mtp_experts = _mtp_depth_params(model, plans)
+    return dense + mtp * mtp_dense, experts + mtp * mtp_experts
+
+
+def _mtp_depth_params(model: ModelSpec, plans: PlanArrays):
+    """(dense, expert) parameters of one multi-token-prediction depth on one GPU: its
+    projection, a layer of the model's kind and 5 norms (cost_models.params.mtp_params)."""
+    h = model.hidden_size
+    ffn = (mlp_matrices(model.mlp) * h * model.moe_shared_ffn_hidden_size if model.is_moe
+           else dense_mlp_params(model))
+    dense = ((attention_sharded_params(model) + 2 * h * h + ffn) / plans.tp
+             + attention_replicated_params(model) + 5 * h)
+    experts = model.num_experts * expert_params(model) / plans.ep if model.is_moe else 0.0
     return dense, experts
 
 

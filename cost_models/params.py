@@ -82,6 +82,16 @@ def count_parameters(model: ModelSpec) -> int:
     return per_layer_attn + mlps + embedding_params(model) + layer_norm_params(model)
 
 
+def mtp_params(model: ModelSpec) -> int:
+    """Weights of the multi-token-prediction modules (not in the published model sizes): per
+    depth two norms (h each), the 2h -> h projection, one layer (MoE if the model has MoE
+    layers) and its final norm; embedding and output head are shared with the model."""
+    h = model.hidden_size
+    mlp = moe_mlp_params(model) if model.is_moe else dense_mlp_params(model)
+    layer = attention_params(model) + mlp + 2 * h
+    return model.mtp_layers * (2 * h * h + 3 * h + layer)
+
+
 def count_active_parameters(model: ModelSpec) -> int:
     """Parameters one token passes through: top-k experts instead of all of them."""
     if not model.is_moe:

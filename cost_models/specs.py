@@ -93,6 +93,11 @@ class ModelSpec:
     kv_lora_rank: int = 0
     qk_rope_head_dim: int = 0
     v_head_dim: int = 0
+    # Multi-token prediction depth (DeepSeek-V3 Sec. 2.2; Megatron --mtp-num-layers): each
+    # depth adds a projection of [hidden; next token's embedding] (2h -> h), one transformer
+    # layer of the model's kind and another pass through the shared output head, on the last
+    # pipeline stage. 0: none.
+    mtp_layers: int = 0
 
     def __post_init__(self) -> None:
         owner = f"model {self.name!r}"
@@ -114,7 +119,8 @@ class ModelSpec:
         self._check_mla(owner)
 
     def _check_mla(self, owner: str) -> None:
-        for name in ("q_lora_rank", "kv_lora_rank", "qk_rope_head_dim", "v_head_dim"):
+        for name in ("q_lora_rank", "kv_lora_rank", "qk_rope_head_dim", "v_head_dim",
+                     "mtp_layers"):
             _require(getattr(self, name) >= 0, f"{owner}.{name} must be >= 0")
         if not self.is_mla:
             _require(self.q_lora_rank == self.qk_rope_head_dim == self.v_head_dim == 0,

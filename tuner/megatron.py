@@ -197,6 +197,8 @@ def _model_args(model: ModelSpec) -> list[str]:
     args += {Mlp.SWIGLU: ["--swiglu"], Mlp.RELU2: ["--squared-relu"]}.get(model.mlp, [])
     if not model.tied_embeddings:
         args.append("--untie-embeddings-and-output-weights")
+    if model.mtp_layers:
+        args += ["--mtp-num-layers", str(model.mtp_layers)]
     return args + _mla_args(model) + _moe_args(model)
 
 
@@ -296,6 +298,8 @@ def megatron_transformer_config_kwargs(model: ModelSpec, plan: Plan) -> dict[str
     kwargs.update(_moe_kwargs(model))
     if model.is_mla:
         kwargs |= {"multi_latent_attention": True, **_mla_fields(model)}
+    if model.mtp_layers:
+        kwargs["mtp_num_layers"] = model.mtp_layers
     return kwargs
 
 

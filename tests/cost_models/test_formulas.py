@@ -195,9 +195,11 @@ def test_zero3_gathers_and_links_follow_the_implementation():
 def test_mla_model_flops_are_six_per_weight_plus_attention_over_qk_and_v_widths():
     """DeepSeek-V3 (multi-head latent attention): every matrix weight a token passes through
     costs 6 FLOPs, and the causal attention core 3 x 2 x s/2 x (192 + 128) x heads."""
+    from dataclasses import replace
+
     from cost_models.params import count_active_parameters
 
-    m = model_preset("deepseek-v3")
+    m = replace(model_preset("deepseek-v3"), mtp_layers=0)
     norms = m.num_layers * (2 * m.hidden_size + m.q_lora_rank + m.kv_lora_rank) + m.hidden_size
     matrices = count_active_parameters(m) - m.vocab_size * m.hidden_size - norms
     core = 2 * m.seq_len / 2 * m.num_heads * (192 + 128) * m.num_layers
@@ -224,3 +226,34 @@ def test_group_limited_routing_reaches_fewer_nodes():
         replace(limited, moe_router_groups=7)
     with pytest.raises(SpecError, match="groups must hold moe_topk=8 experts"):
         replace(limited, moe_router_groups=128, moe_router_group_topk=2)
+
+
+def test_multi_token_prediction_adds_a_layer_a_projection_and_the_head():
+    """DeepSeek-V3's depth-1 MTP (arXiv:2412.19437 Sec. 2.2): per token, 6 FLOPs per weight
+    of its 2h x h projection, of one MoE layer's active weights and of the shared output
+    head, plus one more causal attention core; its weights are 11.6B (the release's 14B adds
+    its own copies of the embedding and the head)."""
+    from dataclasses import replace
+
+    from cost_models.analytical import estimate
+    from cost_models.params import attention_params, expert_params, mtp_params
+
+    m = model_preset("deepseek-v3")
+    plain = replace(m, mtp_layers=0)
+    h = m.hidden_size
+    ffn = 3 * h * m.moe_shared_ffn_hidden_size
+    moe_active = h * m.num_experts + m.moe_topk * expert_params(m) + ffn
+    attention_matrices = attention_params(m) - m.q_lora_rank - m.kv_lora_rank  # no norms
+    matrices = 2 * h * h + attention_matrices + moe_active + m.vocab_size * h
+    core = 2 * m.seq_len / 2 * m.num_heads * (192 + 128)
+    added = model_flops_per_token(m) - model_flops_per_token(plain)
+    assert added == pytest.approx(3 * (2 * matrices + core), rel=1e-12)
+    assert mtp_params(m) / 1e9 == pytest.approx(11.6, abs=0.05)
+    cluster = cluster_preset("dgx-h100")
+    for plan in (Plan(tp=8, pp=8, dp=16, ep=16, global_batch_size=512, zero=1),
+                 Plan(tp=8, dp=128, ep=64, global_batch_size=512, zero=3)):
+        with_mtp, without = estimate(m, cluster, plan), estimate(plain, cluster, plan)
+        assert with_mtp.step_time_s > without.step_time_s
+        more_weights = with_mtp.memory_breakdown_bytes["weights"] > \
+            without.memory_breakdown_bytes["weights"]
+        assert more_weights == (plan.pp == 1)  # MTP lives on the last stage, not the first

@@ -36,7 +36,8 @@ DEEPSEEK_V3 = ModelSpec(name="deepseek-v3-like", num_layers=61, hidden_size=7168
                         seq_len=4096, vocab_size=129280, mlp="swiglu", num_experts=256,
                         moe_topk=8, moe_ffn_hidden_size=2048, moe_shared_ffn_hidden_size=2048,
                         moe_layer_freq=58 / 61, moe_router_groups=8,
-                        moe_router_group_topk=4, q_lora_rank=1536, kv_lora_rank=512,
+                        moe_router_group_topk=4, mtp_layers=1, q_lora_rank=1536,
+                        kv_lora_rank=512,
                         qk_rope_head_dim=64, v_head_dim=128)
 # A small model whose plans fit the 2-4 CPU ranks of the process-group tests.
 TINY = ModelSpec(name="tiny", num_layers=8, hidden_size=256, ffn_hidden_size=1024,

@@ -59,7 +59,7 @@ MEGATRON_LM_FLAGS = {
     "--num-experts": int, "--moe-router-topk": int, "--moe-ffn-hidden-size": int,
     "--moe-layer-freq": str, "--moe-shared-expert-intermediate-size": int,
     "--moe-router-num-groups": int, "--moe-router-group-topk": int,
-    "--multi-latent-attention": None, "--q-lora-rank": int, "--kv-lora-rank": int,
+    "--mtp-num-layers": int, "--multi-latent-attention": None, "--q-lora-rank": int, "--kv-lora-rank": int,
     "--qk-head-dim": int, "--qk-pos-emb-head-dim": int, "--v-head-dim": int,
 }
 
@@ -308,5 +308,6 @@ def test_multi_latent_attention_reaches_megatron_as_mla_fields():
             parsed.qk_pos_emb_head_dim, parsed.v_head_dim) == (1536, 512, 128, 64, 128)
     assert (config.moe_router_num_groups, config.moe_router_group_topk) == (8, 4)
     assert (parsed.moe_router_num_groups, parsed.moe_router_group_topk) == (8, 4)
+    assert parsed.mtp_num_layers == config.mtp_num_layers == 1
     assert megatron_config_class(LLAMA) == "TransformerConfig"
     assert "--multi-latent-attention" not in megatron_args(LLAMA, ACCEPTED["llama-gqa-cp"][1])
