@@ -33,7 +33,7 @@ from cost_models.compute import (
 )
 from cost_models.flops import model_flops_per_token
 from cost_models.memory import memory_breakdown, stage_param_counts
-from cost_models.pipeline import inner_and_last_layers
+from cost_models.pipeline import inner_and_last_layers, last_stage_extra
 from cost_models.placement import group_ranks_per_node
 from cost_models.plan_arrays import PRECISION_CODES, PlanArrays, from_plans
 from cost_models.specs import ClusterSpec, Estimate, ModelSpec, Plan
@@ -68,7 +68,9 @@ def _per_microbatch(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays, k
     prediction depths), whichever is slower."""
     per_layer = _per_layer(model, cluster, plans, k)
     head = _last_stage_extra(model, cluster, plans, k)
-    inner, last = inner_and_last_layers(model.num_layers, plans.pp)
+    inner, last = inner_and_last_layers(model.num_layers, plans.pp,
+                                        last_stage_extra(model.num_layers, plans.pp,
+                                                         plans.vpp, model.mtp_layers))
     layer_s = sum(per_layer.values())
     on_last = last * layer_s + sum(head.values()) >= inner * layer_s
     layers = np.where(on_last, last, inner)

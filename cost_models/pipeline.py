@@ -5,7 +5,9 @@ Megatron-LM runs an uneven split with `--decoder-first-pipeline-num-layers` and
 first and last stages take the rest (they also carry the embedding and the loss, so fewer
 layers there balance the pipeline). We give the middle stages ceil(L/pp) layers and split the
 rest between the first and last stage; the slowest stage, which sets the step time, holds
-ceil(L/pp) layers.
+ceil(L/pp) layers. Multi-token-prediction depths run on the last stage after its layers
+(Megatron-Core); each counts as one more layer slot there, so the last stage takes that many
+fewer decoder layers (`last_extra`).
 """
 
 from __future__ import annotations
@@ -13,24 +15,40 @@ from __future__ import annotations
 import numpy as np
 
 
-def pipeline_split(num_layers: int, pp: int) -> tuple[int, int, int] | None:
-    """(first, middle, last) layers per stage, or None when no such split exists.
+def pipeline_split(num_layers: int, pp: int, last_extra: int = 0
+                   ) -> tuple[int, int, int] | None:
+    """(first, middle, last) decoder layers per stage, or None when no such split exists.
 
-    An even split returns (L/pp, L/pp, L/pp)."""
+    An even split returns (L/pp, L/pp, L/pp). `last_extra`: layer slots the last stage
+    carries besides its decoder layers (multi-token-prediction depths)."""
     if pp < 1 or pp > num_layers:
         return None
-    if num_layers % pp == 0 or pp == 1:
+    if pp == 1 or (num_layers % pp == 0 and last_extra == 0):
         even = num_layers // pp
         return even, even, even
-    middle = -(-num_layers // pp)
-    rest = num_layers - (pp - 2) * middle
+    slots = num_layers + last_extra
+    middle = -(-slots // pp)
+    rest = slots - (pp - 2) * middle
     first = rest // 2
-    last = rest - first
-    if pp == 2:
-        return first, middle, last
-    if first < 1 or last < 1 or last > middle:
+    last = rest - first - last_extra
+    if first < 1 or last < 1 or (pp > 2 and last + last_extra > middle):
         return None
     return first, middle, last
+
+
+def last_stage_extra(num_layers: int, pp, vpp, mtp_layers: int):
+    """Layer slots the split gives the last stage for multi-token prediction: its depths,
+    where a split with that many fewer layers on the last stage exists and there is no
+    interleaving (interleaved stages are split evenly; otherwise the last stage carries the
+    depths on top of its layers), else 0. Vectorized over pp and vpp."""
+    pp = np.asarray(pp, dtype=float)
+    slots = num_layers + mtp_layers
+    middle = np.ceil(slots / pp)
+    rest = slots - (pp - 2) * middle
+    first = np.floor(rest / 2)
+    last = rest - first - mtp_layers
+    fits = (first >= 1) & (last >= 1) & ((pp <= 2) | (last + mtp_layers <= middle))
+    return np.where((np.asarray(vpp) == 1) & (pp > 1) & fits, mtp_layers, 0)
 
 
 def stage_layers(num_layers: int, pp) -> np.ndarray:
@@ -38,16 +56,18 @@ def stage_layers(num_layers: int, pp) -> np.ndarray:
     return np.ceil(num_layers / np.asarray(pp, dtype=float))
 
 
-def inner_and_last_layers(num_layers: int, pp) -> tuple[np.ndarray, np.ndarray]:
-    """(layers of the fullest stage other than the last, layers of the last stage) of the
-    split above, vectorized: the step waits for the slower of a full stage and the last
-    stage, which also computes the logits and the loss."""
+def inner_and_last_layers(num_layers: int, pp, last_extra=0) -> tuple[np.ndarray, np.ndarray]:
+    """(layers of the fullest stage other than the last, decoder layers of the last stage)
+    of the split above, vectorized: the step waits for the slower of a full stage and the
+    last stage, which also computes the logits, the loss and any `last_extra` slots."""
     pp = np.asarray(pp, dtype=float)
-    middle = stage_layers(num_layers, pp)
-    rest = num_layers - (pp - 2) * middle
+    slots = num_layers + np.asarray(last_extra, dtype=float)
+    middle = np.ceil(slots / pp)
+    rest = slots - (pp - 2) * middle
     first = np.floor(rest / 2)
     inner = np.where(pp > 2, middle, first)
-    return np.where(pp > 1, inner, num_layers), np.where(pp > 1, rest - first, num_layers)
+    last = rest - first - last_extra
+    return np.where(pp > 1, inner, num_layers), np.where(pp > 1, last, num_layers)
 
 
 # Megatron-Core can count the input embedding and the loss as one layer each

@@ -221,7 +221,7 @@ def text_report(req: Request, ranked: list[Ranked], args) -> str:
     parts = [header(req.model, req.cluster, req.space.num_gpus, req.default_cluster),
              best_block(best, req.cluster, req.model.seq_len, req.batch_note,
                         req.tokens_budget, count_parameters(req.model),
-                        req.model.num_layers)]
+                        req.model.num_layers, req.model.mtp_layers)]
     if args.top_k > 1 and len(ranked) > 1:
         parts.append(runners_up(ranked, args.top_k))
     if not args.no_alternatives:

@@ -6,7 +6,12 @@ import textwrap
 
 from cost_models.goodput import goodput
 from cost_models.params import count_parameters
-from cost_models.pipeline import EMBEDDING_AND_LOSS_SLOTS, interleaving, pipeline_split
+from cost_models.pipeline import (
+    EMBEDDING_AND_LOSS_SLOTS,
+    interleaving,
+    last_stage_extra,
+    pipeline_split,
+)
 from cost_models.specs import ClusterSpec, ModelSpec, Plan
 from tuner.alternatives import Alternative
 from tuner.plan_io import train_days
@@ -83,11 +88,13 @@ def failures_line(best: Ranked, days: float, num_params: float) -> str:
                 f"{g.checkpoint_interval_s / 60:.0f} min, goodput {100 * g.goodput:.1f}%)")
 
 
-def stages_line(plan: Plan, num_layers: int) -> str | None:
-    """How the layers split over the stages, where pp does not divide them (else None)."""
-    if plan.pp == 1 or num_layers % (plan.pp * plan.vpp) == 0:
+def stages_line(plan: Plan, num_layers: int, mtp_layers: int = 0) -> str | None:
+    """How the layers split over the stages, where pp does not divide them or the last
+    stage makes room for multi-token prediction (else None)."""
+    extra = int(last_stage_extra(num_layers, plan.pp, plan.vpp, mtp_layers))
+    if plan.pp == 1 or (num_layers % (plan.pp * plan.vpp) == 0 and extra == 0):
         return None
-    first, middle, last = pipeline_split(num_layers, plan.pp)
+    first, middle, last = pipeline_split(num_layers, plan.pp, extra)
     if plan.vpp > 1 and interleaving(num_layers, plan.pp, plan.vpp) == "embedding_and_loss":
         slots = (num_layers + EMBEDDING_AND_LOSS_SLOTS) // (plan.pp * plan.vpp)
         plural = "s" if slots > 1 else ""
@@ -96,17 +103,19 @@ def stages_line(plan: Plan, num_layers: int) -> str | None:
                     f"layers, others {middle}; Megatron-LM "
                     "--account-for-embedding-in-pipeline-split "
                     "--account-for-loss-in-pipeline-split)")
+    mtp = f" + {extra} MTP" if extra else ""
     return wrap(f"Stages  {num_layers} layers over {plan.pp} stages: first {first}, last "
-                f"{last}, others {middle} (Megatron-LM --decoder-first/last-pipeline-num-"
+                f"{last}{mtp}, others {middle} (Megatron-LM --decoder-first/last-pipeline-num-"
                 "layers)")
 
 
 def best_block(best: Ranked, cluster: ClusterSpec, seq_len: int, batch_note: str,
-               tokens_budget: float, num_params: float, num_layers: int | None = None) -> str:
+               tokens_budget: float, num_params: float, num_layers: int | None = None,
+               mtp_layers: int = 0) -> str:
     days = train_days(tokens_budget, best.tokens_per_s)
     gpu_hours = days * 24 * best.plan.num_gpus
     note = [ZERO3_NOTE] if best.plan.zero == 3 else []
-    stages = stages_line(best.plan, num_layers) if num_layers else None
+    stages = stages_line(best.plan, num_layers, mtp_layers) if num_layers else None
     lines = [
         f"Best    {plan_line(best.plan)}",
         *([stages] if stages else []),

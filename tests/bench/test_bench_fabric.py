@@ -61,13 +61,19 @@ def test_shaped_inter_node_bandwidth_is_fitted_within_10_percent(tmp_path):
     # not the link, set the pace whenever anything else runs (0.89 of the link with one
     # busy process beside it, where 2 x 1 measured 0.96-0.98; and a CI run got 0.85).
     # The 2 x 2 accuracy on a quiet host is kept in results/bench/quiet_host/.
-    for attempt in range(2):
+    # A shaped link is a ceiling: a run is never faster than it, but a host busy for the
+    # 10 s of a run (seen once here: 0.75 twice in a row) makes one slower, so a slow run
+    # is repeated, up to three times, a few seconds apart.
+    fitted = []
+    for attempt in range(3):
         fit = run_fabric(tmp_path / f"fab{attempt}.jsonl", 2, 1, "-b", "2M", "-e", "32M",
                          "-f", "2", "-n", "8", "-w", "1")
-        node_bw = fit["tiers"]["inter_node"]["node_bandwidth_bytes_per_s"]
-        if node_bw == pytest.approx(PAYLOAD_BYTES_PER_S, rel=0.10):
+        fitted.append(fit["tiers"]["inter_node"]["node_bandwidth_bytes_per_s"])
+        assert fitted[-1] < 1.10 * PAYLOAD_BYTES_PER_S, f"faster than the link: {fitted}"
+        if fitted[-1] == pytest.approx(PAYLOAD_BYTES_PER_S, rel=0.10):
             break
-    assert node_bw == pytest.approx(PAYLOAD_BYTES_PER_S, rel=0.10), f"fitted {node_bw:.4g} B/s"
+        time.sleep(5)
+    assert fitted[-1] == pytest.approx(PAYLOAD_BYTES_PER_S, rel=0.10), f"fitted {fitted} B/s"
 
 
 def test_two_ranks_per_node_share_the_node_link(tmp_path):

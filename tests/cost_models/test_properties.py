@@ -149,3 +149,19 @@ def test_uneven_split_waits_for_the_slower_of_a_full_stage_and_the_last():
     full = estimate(replace(model, num_layers=128), cluster, plan).breakdown_s["compute"]
     logits = float(logits_time_s(model, cluster, from_plans([plan]))[0])
     assert full - short == pytest.approx(plan.num_microbatches * logits, rel=1e-6)
+
+
+def test_last_stage_makes_room_for_multi_token_prediction():
+    """An MTP depth is one more layer slot on the last stage: 61 layers + 1 over 16 stages
+    split 3 / 4 x 14 / 2 + MTP (without MTP: 2 / 4 x 14 / 3; Megatron-LM
+    --decoder-first/last-pipeline-num-layers). Where no such split exists (64 + 1 over 16)
+    or with interleaving, the last stage carries the depth on top of an even split."""
+    from cost_models.pipeline import inner_and_last_layers, last_stage_extra, pipeline_split
+
+    assert pipeline_split(61, 16, 1) == (3, 4, 2) and pipeline_split(61, 16) == (2, 4, 3)
+    assert pipeline_split(64, 16, 1) is None
+    extra = last_stage_extra(61, np.array([16, 16, 1]), np.array([1, 2, 1]), 1)
+    assert list(extra) == [1, 0, 0]
+    assert int(last_stage_extra(64, 16, 1, 1)) == 0
+    inner, last = inner_and_last_layers(61, np.array([16, 16]), np.array([1, 0]))
+    assert list(inner) == [4, 4] and list(last) == [2, 3]
