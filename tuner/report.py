@@ -5,7 +5,7 @@ from __future__ import annotations
 import textwrap
 
 from cost_models.goodput import goodput
-from cost_models.params import count_parameters
+from cost_models.params import count_parameters, mtp_params
 from cost_models.pipeline import (
     EMBEDDING_AND_LOSS_SLOTS,
     interleaving,
@@ -70,8 +70,10 @@ def why_loses(other: Ranked, best: Ranked) -> str:
 def header(model: ModelSpec, cluster: ClusterSpec, num_gpus: int, default_cluster: bool) -> str:
     params = count_parameters(model) / 1e9
     where = "built-in default cluster" if default_cluster else f"cluster {cluster.source}"
-    return (f"Model   {model.name}: {params:,.1f}B parameters, {model.num_layers} layers, hidden "
-            f"{model.hidden_size}, seq {model.seq_len}\n"
+    mtp = (f" (+{mtp_params(model) / 1e9:,.1f}B in {model.mtp_layers} MTP depth"
+           f"{'s' if model.mtp_layers > 1 else ''})" if model.mtp_layers else "")
+    return (f"Model   {model.name}: {params:,.1f}B parameters{mtp}, {model.num_layers} layers, "
+            f"hidden {model.hidden_size}, seq {model.seq_len}\n"
             f"Cluster {num_gpus:,} x {cluster.gpu.name} ({cluster.gpus_per_node} per node, "
             f"{cluster.name}: {where})")
 
