@@ -107,6 +107,13 @@ BAD_MODEL_FILES = [
     ({**model_to_dict(model_preset("llama3-8b")), "num_layers": 0}, "num_layers=0 must be > 0"),
     ({**model_to_dict(model_preset("llama3-8b")), "mlp": "tanh"}, "mlp='tanh' is not one of"),
     ({**model_to_dict(model_preset("llama3-8b")), "schema_version": 7}, "schema_version=7"),
+    ({**model_to_dict(model_preset("deepseek-v3")), "num_kv_heads": 8},
+     "multi-head latent attention has one key/value head per query head"),
+    ({**model_to_dict(model_preset("llama3-8b")), "q_lora_rank": 128},
+     "q_lora_rank/qk_rope_head_dim/v_head_dim are multi-head latent attention fields"),
+    ({**model_to_dict(model_preset("deepseek-v3")), "mtp_layers": -1}, "mtp_layers must be >= 0"),
+    ({**model_to_dict(model_preset("llama3-8b")), "moe_router_groups": 4},
+     "moe_router_groups need num_experts > 1"),
 ]
 
 
