@@ -62,12 +62,22 @@ class BatchEstimate:
     memory_bytes: dict[str, np.ndarray]
 
 
+LAYER_TERMS = ("compute", "recompute", "tp_comm", "cp_comm", "ep_comm")
+
+
 def _per_microbatch(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays, k: dict):
     """Seconds per micro-batch on the slowest stage, by term: the fullest inner stage or the
     last one (fewer layers when the split is uneven, plus the logits and any multi-token-
-    prediction depths), whichever is slower."""
-    per_layer = _per_layer(model, cluster, plans, k)
-    head = _last_stage_extra(model, cluster, plans, k)
+    prediction depths), whichever is slower. Layers are dense and MoE in proportion."""
+    mix = ((False, model.num_dense_layers), (True, model.num_moe_layers))
+    needed = {moe for moe, count in mix if count} | ({model.is_moe} if model.mtp_layers else set())
+    kinds = {moe: _layer_terms(model, cluster, plans, k, moe) for moe in sorted(needed)}
+    per_layer = {name: 0.0 for name in LAYER_TERMS}
+    for moe, count in mix:
+        if count:
+            for name in LAYER_TERMS:
+                per_layer[name] = per_layer[name] + count / model.num_layers * kinds[moe][name]
+    head = _last_stage_head_s(model, cluster, plans, kinds.get(model.is_moe))
     inner, last = inner_and_last_layers(model.num_layers, plans.pp,
                                         last_stage_extra(model.num_layers, plans.pp,
                                                          plans.vpp, model.mtp_layers))
@@ -78,50 +88,36 @@ def _per_microbatch(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays, k
             for name, value in per_layer.items()}
 
 
-def _last_stage_extra(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays, k: dict):
+def _last_stage_head_s(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays,
+                       mtp_layer: dict | None):
     """Seconds per micro-batch, by term, the last stage adds to its layers: the output head,
-    and per multi-token-prediction depth its projection, one layer of the model's kind and
-    the head again."""
+    and per multi-token-prediction depth its projection, one layer of the model's kind
+    (`mtp_layer`, its terms) and the head again."""
     logits = logits_time_s(model, cluster, plans)
-    extra = {"compute": logits}
+    head = {"compute": logits}
     if model.mtp_layers == 0:
-        return extra
-    layer = _per_layer(model, cluster, plans, k, mix=((model.is_moe, 1.0),))
-    for name, value in layer.items():
-        extra[name] = extra.get(name, 0.0) + model.mtp_layers * value
+        return head
+    for name, value in mtp_layer.items():
+        head[name] = head.get(name, 0.0) + model.mtp_layers * value
     proj_s = mtp_projection_time_s(model, cluster, plans)
-    extra["compute"] = extra["compute"] + model.mtp_layers * (logits + proj_s)
-    return extra
+    head["compute"] = head["compute"] + model.mtp_layers * (logits + proj_s)
+    return head
 
 
-def _per_layer(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays, k: dict,
-               mix=None):
-    """Seconds per micro-batch of one layer, by term: dense and MoE layers in proportion,
-    or the (is MoE, share) pairs of `mix`."""
-    terms = {name: 0.0 for name in ("compute", "recompute", "tp_comm", "cp_comm", "ep_comm")}
-    if mix is None:
-        mix = ((False, model.num_dense_layers / model.num_layers),
-               (True, model.num_moe_layers / model.num_layers))
-    for moe, share in mix:
-        if share == 0:
-            continue
-        t = layer_times(model, cluster, plans, moe)
-        selective = selective_recompute_s(model, cluster, plans, moe, t.attention_s)
-        whole_moe = selective_recompute_s(model, cluster, plans, moe, t.attention_s,
-                                          t.moe_block_s) if moe else selective
-        recompute = np.choose(plans.recompute, [0.0, selective, t.forward_s, whole_moe])
-        cp_fwd, cp_bwd = cp_comm_per_layer_s(model, plans, k["cp"], cluster)
-        cp_exposed = (hidden_comm_cost_s(cp_fwd, t.attention_s)
-                      + hidden_comm_cost_s(cp_bwd, t.attention_backward_s))
-        terms["compute"] = terms["compute"] + share * (t.forward_s + t.backward_s)
-        terms["recompute"] = terms["recompute"] + share * recompute
-        terms["tp_comm"] = terms["tp_comm"] + share * tp_comm_per_layer_s(
-            model, plans, k["tp"], cluster, moe)
-        terms["cp_comm"] = terms["cp_comm"] + share * cp_exposed
-        if moe:
-            terms["ep_comm"] = terms["ep_comm"] + share * ep_comm_per_layer_s(
-                model, plans, k["ep"], cluster)
-    return terms
+def _layer_terms(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays, k: dict,
+                 moe: bool) -> dict[str, np.ndarray]:
+    """Seconds per micro-batch of one dense or MoE layer, by term."""
+    t = layer_times(model, cluster, plans, moe)
+    selective = selective_recompute_s(model, cluster, plans, moe, t.attention_s)
+    whole_moe = selective_recompute_s(model, cluster, plans, moe, t.attention_s,
+                                      t.moe_block_s) if moe else selective
+    cp_fwd, cp_bwd = cp_comm_per_layer_s(model, plans, k["cp"], cluster)
+    return {"compute": t.forward_s + t.backward_s,
+            "recompute": np.choose(plans.recompute, [0.0, selective, t.forward_s, whole_moe]),
+            "tp_comm": tp_comm_per_layer_s(model, plans, k["tp"], cluster, moe),
+            "cp_comm": (hidden_comm_cost_s(cp_fwd, t.attention_s)
+                        + hidden_comm_cost_s(cp_bwd, t.attention_backward_s)),
+            "ep_comm": ep_comm_per_layer_s(model, plans, k["ep"], cluster) if moe else 0.0}
 
 
 def hidden_comm_cost_s(comm_s, window_s) -> np.ndarray:

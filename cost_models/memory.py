@@ -60,32 +60,33 @@ def model_state_bytes_per_param(zero, shard, half_grads=False
 def stage_param_counts(model: ModelSpec, plans: PlanArrays) -> tuple[np.ndarray, np.ndarray]:
     """(dense, expert) parameters on one GPU of the first stage: its layers and the input
     embedding; without pipelining the one stage also holds an untied output layer (found by
-    the whole-step benchmark on an H100, results/gpu/README.md)."""
+    the whole-step benchmark on an H100, results/gpu/README.md) and the multi-token-
+    prediction depths, which otherwise sit on the last stage."""
     layers = stage_layers(model.num_layers, plans.pp)
     moe_share = model.num_moe_layers / model.num_layers
-    per_layer = attention_sharded_params(model) + 2 * model.hidden_size
-    dense = layers * (per_layer + (1 - moe_share) * dense_mlp_params(model)) / plans.tp
-    dense = dense + layers * attention_replicated_params(model)  # whole on every TP rank
+    dense_layer, _ = layer_params_on_gpu(model, plans, moe=False)
+    moe_layer, moe_experts = layer_params_on_gpu(model, plans, moe=True)
+    dense = layers * ((1 - moe_share) * dense_layer + moe_share * moe_layer)
     tables = np.where(plans.pp == 1, 1.0, 1.0 if model.tied_embeddings else 0.5)
     dense = dense + embedding_params(model) * tables / plans.tp
-    shared = mlp_matrices(model.mlp) * model.hidden_size * model.moe_shared_ffn_hidden_size
-    dense = dense + layers * moe_share * shared / plans.tp
-    experts = layers * moe_share * model.num_experts * expert_params(model) / plans.ep
-    # multi-token prediction sits on the last stage: the one stage holds it when pp == 1
+    experts = layers * moe_share * moe_experts
     mtp = np.where(plans.pp == 1, model.mtp_layers, 0)
-    mtp_dense, mtp_experts = _mtp_depth_params(model, plans)
+    mtp_dense, mtp_experts = layer_params_on_gpu(model, plans, moe=model.is_moe)
+    h = model.hidden_size
+    mtp_dense = mtp_dense + 2 * h * h / plans.tp + 3 * h  # projection, its 2 norms, final norm
     return dense + mtp * mtp_dense, experts + mtp * mtp_experts
 
 
-def _mtp_depth_params(model: ModelSpec, plans: PlanArrays):
-    """(dense, expert) parameters of one multi-token-prediction depth on one GPU: its
-    projection, a layer of the model's kind and 5 norms (cost_models.params.mtp_params)."""
+def layer_params_on_gpu(model: ModelSpec, plans: PlanArrays, moe: bool):
+    """(dense, expert) parameters of one layer on one GPU: attention and norms split by TP
+    (MLA's down-projections whole on every rank); the MLP split by TP, or in an MoE layer
+    the shared expert split by TP and num_experts/ep routed experts."""
     h = model.hidden_size
-    ffn = (mlp_matrices(model.mlp) * h * model.moe_shared_ffn_hidden_size if model.is_moe
-           else dense_mlp_params(model))
-    dense = ((attention_sharded_params(model) + 2 * h * h + ffn) / plans.tp
-             + attention_replicated_params(model) + 5 * h)
-    experts = model.num_experts * expert_params(model) / plans.ep if model.is_moe else 0.0
+    mats = mlp_matrices(model.mlp)
+    ffn = mats * h * model.moe_shared_ffn_hidden_size if moe else dense_mlp_params(model)
+    dense = ((attention_sharded_params(model) + 2 * h + ffn) / plans.tp
+             + attention_replicated_params(model))
+    experts = model.num_experts * expert_params(model) / plans.ep if moe else 0.0
     return dense, experts
 
 

@@ -15,6 +15,22 @@ from __future__ import annotations
 import numpy as np
 
 
+def _uneven_split(num_layers: int, pp, last_extra):
+    """(first, middle, last, fits) decoder layers, vectorized: the middle stages hold
+    ceil((L + last_extra) / pp) slots, the first and last stage halve the rest, and the last
+    gives `last_extra` of its slots to multi-token prediction; `fits` where every stage keeps
+    a layer and the first and last hold no more than a middle one."""
+    pp = np.asarray(pp, dtype=float)
+    extra = np.asarray(last_extra, dtype=float)
+    slots = num_layers + extra
+    middle = np.ceil(slots / pp)
+    rest = slots - (pp - 2) * middle
+    first = np.floor(rest / 2)
+    last = rest - first - extra
+    fits = (first >= 1) & (last >= 1) & ((pp <= 2) | (last + extra <= middle))
+    return first, middle, last, fits
+
+
 def pipeline_split(num_layers: int, pp: int, last_extra: int = 0
                    ) -> tuple[int, int, int] | None:
     """(first, middle, last) decoder layers per stage, or None when no such split exists.
@@ -26,14 +42,8 @@ def pipeline_split(num_layers: int, pp: int, last_extra: int = 0
     if pp == 1 or (num_layers % pp == 0 and last_extra == 0):
         even = num_layers // pp
         return even, even, even
-    slots = num_layers + last_extra
-    middle = -(-slots // pp)
-    rest = slots - (pp - 2) * middle
-    first = rest // 2
-    last = rest - first - last_extra
-    if first < 1 or last < 1 or (pp > 2 and last + last_extra > middle):
-        return None
-    return first, middle, last
+    first, middle, last, fits = _uneven_split(num_layers, pp, last_extra)
+    return (int(first), int(middle), int(last)) if fits else None
 
 
 def last_stage_extra(num_layers: int, pp, vpp, mtp_layers: int):
@@ -41,14 +51,18 @@ def last_stage_extra(num_layers: int, pp, vpp, mtp_layers: int):
     where a split with that many fewer layers on the last stage exists and there is no
     interleaving (interleaved stages are split evenly; otherwise the last stage carries the
     depths on top of its layers), else 0. Vectorized over pp and vpp."""
-    pp = np.asarray(pp, dtype=float)
-    slots = num_layers + mtp_layers
-    middle = np.ceil(slots / pp)
-    rest = slots - (pp - 2) * middle
-    first = np.floor(rest / 2)
-    last = rest - first - mtp_layers
-    fits = (first >= 1) & (last >= 1) & ((pp <= 2) | (last + mtp_layers <= middle))
+    *_, fits = _uneven_split(num_layers, pp, mtp_layers)
+    pp = np.asarray(pp)
     return np.where((np.asarray(vpp) == 1) & (pp > 1) & fits, mtp_layers, 0)
+
+
+def stage_split(num_layers: int, pp: int, vpp: int = 1, mtp_layers: int = 0
+                ) -> tuple[int, int, int, int] | None:
+    """(first, middle, last, extra): the split Megatron-LM runs for a plan, `extra` being
+    the multi-token-prediction slots given to the last stage; None when there is none."""
+    extra = int(last_stage_extra(num_layers, pp, vpp, mtp_layers))
+    split = pipeline_split(num_layers, pp, extra)
+    return None if split is None else (*split, extra)
 
 
 def stage_layers(num_layers: int, pp) -> np.ndarray:
@@ -60,13 +74,9 @@ def inner_and_last_layers(num_layers: int, pp, last_extra=0) -> tuple[np.ndarray
     """(layers of the fullest stage other than the last, decoder layers of the last stage)
     of the split above, vectorized: the step waits for the slower of a full stage and the
     last stage, which also computes the logits, the loss and any `last_extra` slots."""
+    first, middle, last, _ = _uneven_split(num_layers, pp, last_extra)
     pp = np.asarray(pp, dtype=float)
-    slots = num_layers + np.asarray(last_extra, dtype=float)
-    middle = np.ceil(slots / pp)
-    rest = slots - (pp - 2) * middle
-    first = np.floor(rest / 2)
     inner = np.where(pp > 2, middle, first)
-    last = rest - first - last_extra
     return np.where(pp > 1, inner, num_layers), np.where(pp > 1, last, num_layers)
 
 

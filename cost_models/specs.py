@@ -179,11 +179,6 @@ class ModelSpec:
         return self.num_heads * (self.head_dim + self.qk_rope_head_dim)
 
     @property
-    def kv_dim(self) -> int:
-        """Width of the keys or of the values of a grouped-query layer (k_dim / v_dim)."""
-        return self.num_kv_heads * self.head_dim
-
-    @property
     def k_dim(self) -> int:
         return self.num_kv_heads * (self.head_dim + self.qk_rope_head_dim)
 

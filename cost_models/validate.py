@@ -35,7 +35,7 @@ import numpy as np
 from cost_models.analytical import TIME_TERMS, estimate_batch
 from cost_models.pipeline import interleaving
 from cost_models.plan_arrays import PlanArrays, from_plans, to_plan
-from cost_models.specs import ClusterSpec, ModelSpec, Plan, SpecError
+from cost_models.specs import ZERO3_IMPLS, ClusterSpec, ModelSpec, Plan, SpecError
 
 REQUIRED_COLUMNS = (
     "id", "num_layers", "hidden_size", "ffn_hidden_size", "mlp", "num_heads", "num_kv_heads",
@@ -135,6 +135,7 @@ def row_candidates(row: dict, model: ModelSpec) -> tuple[Plan, ...]:
                     if interleaving(model.num_layers, pp, v) is not None)
     vpp_all = (vpp_all or (1,)) if pp > 1 else (1,)
     flash = uses_flash_attention(row)
+    bf16_grads, impl = reduces_grads_in_bf16(row), zero3_impl(row)
     modern = publication_year(row) >= MEGATRON_2022_FEATURES_YEAR
     space = itertools.product(
         _choices(row, "micro_batch_size", mbs_all), _choices(row, "vpp", vpp_all),
@@ -149,8 +150,7 @@ def row_candidates(row: dict, model: ModelSpec) -> tuple[Plan, ...]:
                               sequence_parallel=bool(sp) and tp > 1, recompute=recompute,
                               zero=zero, precision=row["precision"].strip(),
                               flash_attention=flash,
-                              grad_reduce_in_bf16=reduces_grads_in_bf16(row),
-                              zero3_impl=zero3_impl(row)))
+                              grad_reduce_in_bf16=bf16_grads, zero3_impl=impl))
         except SpecError:
             continue
     if not plans:
@@ -188,6 +188,8 @@ def zero3_impl(row: dict) -> str:
     PyTorch 1.11 (March 2022), so an earlier ZeRO-3 run is DeepSpeed's (Narayanan et al.
     2021 compare against DeepSpeed ZeRO-3); later ones are taken to be FSDP."""
     stated = (row.get("zero3_impl") or "").strip()
+    if stated and stated not in ZERO3_IMPLS:
+        raise SpecError(f"zero3_impl={stated!r} is not one of {', '.join(ZERO3_IMPLS)}")
     if stated:
         return stated
     return "deepspeed" if publication_year(row) < PYTORCH_FSDP_FIRST_YEAR else "fsdp"

@@ -19,7 +19,7 @@ Standard library only: megatron-core needs torch, which tuner/ must not import.
 
 from __future__ import annotations
 
-from cost_models.pipeline import interleaving, last_stage_extra, pipeline_split
+from cost_models.pipeline import interleaving, stage_split
 from cost_models.specs import Mlp, ModelSpec, Plan, Precision, Recompute, SpecError
 
 # Megatron-LM can lay ranks out in two orders only (innermost first): its default, and the one
@@ -54,9 +54,7 @@ def check_megatron(model: ModelSpec, plan: Plan) -> None:
              f"{where} neither num_layers={model.num_layers} nor num_layers + 2 (the embedding "
              f"and the loss counted as layers) is divisible by pp*vpp={plan.pp}*{plan.vpp} "
              "(interleaving needs equal stages)")
-    _require(pipeline_split(model.num_layers, plan.pp,
-                            int(last_stage_extra(model.num_layers, plan.pp, plan.vpp,
-                                                      model.mtp_layers))) is not None,
+    _require(stage_split(model.num_layers, plan.pp, plan.vpp, model.mtp_layers) is not None,
              f"{where} num_layers={model.num_layers} cannot be split over pp={plan.pp} "
              "stages (uneven splits keep the middle stages equal)")
     _require(plan.cp == 1 or model.seq_len % (2 * plan.cp) == 0,
@@ -113,14 +111,12 @@ def uneven_stage_layers(model: ModelSpec, plan: Plan) -> tuple[int | None, int |
     """Layers of the first and last stage when pp does not divide the layers or the last
     stage makes room for multi-token prediction, else None (also None when interleaving
     counts the embedding and the loss instead)."""
-    extra = int(last_stage_extra(model.num_layers, plan.pp, plan.vpp,
-                                                      model.mtp_layers))
-    if plan.pp == 1 or (model.num_layers % plan.pp == 0 and extra == 0) or \
-            accounts_embedding_and_loss(model, plan):
-        return None, None
-    split = pipeline_split(model.num_layers, plan.pp, extra)
+    split = stage_split(model.num_layers, plan.pp, plan.vpp, model.mtp_layers)
     assert split is not None  # check_megatron refused the plan otherwise
-    return split[0], split[2]
+    first, middle, last, _ = split
+    if first == middle == last or accounts_embedding_and_loss(model, plan):
+        return None, None
+    return first, last
 
 
 def _parallel_args(model: ModelSpec, plan: Plan) -> list[str]:

@@ -6,12 +6,7 @@ import textwrap
 
 from cost_models.goodput import goodput
 from cost_models.params import count_parameters, mtp_params
-from cost_models.pipeline import (
-    EMBEDDING_AND_LOSS_SLOTS,
-    interleaving,
-    last_stage_extra,
-    pipeline_split,
-)
+from cost_models.pipeline import EMBEDDING_AND_LOSS_SLOTS, interleaving, stage_split
 from cost_models.specs import ClusterSpec, ModelSpec, Plan
 from tuner.alternatives import Alternative
 from tuner.plan_io import train_days
@@ -23,13 +18,14 @@ GIB = 2**30
 
 def plan_line(plan: Plan) -> str:
     """Two lines: the parallel degrees, then the knobs."""
+    deepspeed_zero3 = plan.zero == 3 and plan.zero3_impl == "deepspeed"
     return (f"tp {plan.tp}  pp {plan.pp}  vpp {plan.vpp}  cp {plan.cp}  dp {plan.dp}  "
             f"ep {plan.ep}  ({plan.num_gpus:,} GPUs, order {plan.order})\n        "
             f"micro-batch {plan.micro_batch_size}  global batch {plan.global_batch_size}  "
             f"seq-parallel {'on' if plan.sequence_parallel else 'off'}  recompute "
             f"{plan.recompute}  zero {plan.zero}  {plan.precision}"
             f"{'  grads bf16' if plan.grad_reduce_in_bf16 else ''}"
-            f"{'  (DeepSpeed ZeRO-3)' if plan.zero == 3 and plan.zero3_impl == 'deepspeed' else ''}")
+            f"{'  (DeepSpeed ZeRO-3)' if deepspeed_zero3 else ''}")
 
 
 WIDTH = 100
@@ -93,10 +89,9 @@ def failures_line(best: Ranked, days: float, num_params: float) -> str:
 def stages_line(plan: Plan, num_layers: int, mtp_layers: int = 0) -> str | None:
     """How the layers split over the stages, where pp does not divide them or the last
     stage makes room for multi-token prediction (else None)."""
-    extra = int(last_stage_extra(num_layers, plan.pp, plan.vpp, mtp_layers))
+    first, middle, last, extra = stage_split(num_layers, plan.pp, plan.vpp, mtp_layers)
     if plan.pp == 1 or (num_layers % (plan.pp * plan.vpp) == 0 and extra == 0):
         return None
-    first, middle, last = pipeline_split(num_layers, plan.pp, extra)
     if plan.vpp > 1 and interleaving(num_layers, plan.pp, plan.vpp) == "embedding_and_loss":
         slots = (num_layers + EMBEDDING_AND_LOSS_SLOTS) // (plan.pp * plan.vpp)
         plural = "s" if slots > 1 else ""

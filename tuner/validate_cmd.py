@@ -106,7 +106,9 @@ def run(argv: list[str], prog: str = "autotune validate") -> int:
         else:
             records.append(predict_row(item))
     if not records:
-        raise SpecError(f"{args.runs}: no row could be predicted ({len(skipped)} skipped)")
+        first = f"; {skipped[0].id}: {skipped[0].reason}" if skipped else ""
+        raise SpecError(f"{args.runs}: no row could be predicted ({len(skipped)} skipped"
+                        f"{first})")
     write_text_atomic(args.out, to_csv(records))
     errors = [r["abs_err_pct"] for r in records]
     checks = order_checks(records, by_id)

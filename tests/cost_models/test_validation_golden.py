@@ -133,3 +133,15 @@ def test_zero3_implementation_follows_the_year_or_the_optional_column(prediction
     fsdp = pd.read_csv(out).set_index("id").loc["narayanan21-t2-zero3-174p6b-768g"]
     assert fsdp.plan_zero3_impl == "fsdp"
     assert fsdp.pred_iter_time_s < 0.8 * by_id.pred_iter_time_s[fsdp.name]
+
+
+def test_unknown_zero3_impl_skips_the_row_with_the_reason(tmp_path):
+    runs = pd.read_csv(RUNS)
+    rows = runs[runs.id == "narayanan21-t2-zero3-174p6b-768g"].copy()
+    rows["zero3_impl"] = "fsdpp"
+    path, out = tmp_path / "runs.csv", tmp_path / "preds.csv"
+    rows.to_csv(path, index=False)
+    done = subprocess.run([sys.executable, "-m", "tuner", "validate", str(path), "--out",
+                           str(out)], capture_output=True, text=True)
+    assert "zero3_impl='fsdpp' is not one of fsdp, deepspeed" in done.stdout + done.stderr
+    assert "Traceback" not in done.stderr

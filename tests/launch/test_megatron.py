@@ -59,7 +59,8 @@ MEGATRON_LM_FLAGS = {
     "--num-experts": int, "--moe-router-topk": int, "--moe-ffn-hidden-size": int,
     "--moe-layer-freq": str, "--moe-shared-expert-intermediate-size": int,
     "--moe-router-num-groups": int, "--moe-router-group-topk": int,
-    "--mtp-num-layers": int, "--multi-latent-attention": None, "--q-lora-rank": int, "--kv-lora-rank": int,
+    "--mtp-num-layers": int, "--multi-latent-attention": None, "--q-lora-rank": int,
+    "--kv-lora-rank": int,
     "--qk-head-dim": int, "--qk-pos-emb-head-dim": int, "--v-head-dim": int,
 }
 
