@@ -207,6 +207,11 @@ def check_space(space: Space) -> None:
     if not recompute_choices(space):
         raise SpecError(f"--recompute moe: {space.model.name} is a dense model; recomputing "
                         "the MoE block needs experts (use none, selective or full)")
+    k = space.knobs
+    if k.zero3_impl == "deepspeed" and set(k.zero) == {3} and set(k.recompute) == {Recompute.MOE}:
+        raise SpecError("--zero 3 --recompute moe --zero3-impl deepspeed: DeepSpeed cannot "
+                        "recompute the MoE block (a Megatron-Core module list); allow another "
+                        "--recompute, or use --zero3-impl fsdp")
     if not tp_choices(space):
         raise SpecError(f"no tensor-parallel degree divides {space.num_gpus} GPUs, the "
                         f"{space.model.num_heads} heads and {space.model.num_kv_heads} KV "

@@ -28,6 +28,10 @@ BAD_REQUESTS = {
     "storage not a URL": (["--storage", "nowhere"], "is not a storage URL"),
     "journal in a missing folder": (["--storage", "journal:/nonexistent/dir/s.log"],
                                     "cannot open the journal file"),
+    "deepspeed cannot recompute the MoE block": (
+        ["--model", "qwen3-235b-a22b", "--gpus", "256", "--zero", "3", "--recompute", "moe",
+         "--zero3-impl", "deepspeed"], "DeepSpeed cannot recompute the MoE block"),
+    "unknown ZeRO-3 implementation": (["--zero3-impl", "zero"], "invalid choice: 'zero'"),
     "bad stale threshold": (["--model", "llama3-8b", "--gpus", "8", "--storage", "{journal}"],
                             "PARTUNE_STALE_TRIAL_S"),
 }
