@@ -160,9 +160,13 @@ def body(job: Job) -> list[str]:
     if job.kind in ("search", "search-array"):
         out = '"$plan"' if job.kind == "search" else \
             '"${plan%.json}-task${SLURM_ARRAY_TASK_ID}.json"'
+        # Array workers of one study each get their own seed (a --seed among the tool
+        # arguments, given later, wins): with one seed, brute force hands workers that start
+        # together the same layouts in the same order, and their trials duplicate each other.
+        seed = '--seed "$SLURM_ARRAY_TASK_ID" ' if job.kind == "search-array" else ""
         return ['mkdir -p -- "$(dirname -- "$plan")"',
                 '"$python" -m tuner search --storage "$storage" --study-name "$study_name" '
-                f'--trials "$trials" --out {out} "${{tool_args[@]}}"']
+                f'--trials "$trials" --out {out} {seed}"${{tool_args[@]}}"']
     dry = " --dry-run" if "dry_run" in job.flags else ""
     return [RENDEZVOUS,
             'srun --ntasks-per-node=1 --kill-on-bad-exit=1 "$python" -m tuner.launch "$plan" '
