@@ -61,18 +61,20 @@ def test_shaped_inter_node_bandwidth_is_fitted_within_10_percent(tmp_path):
     # not the link, set the pace whenever anything else runs (0.89 of the link with one
     # busy process beside it, where 2 x 1 measured 0.96-0.98; and a CI run got 0.85).
     # The 2 x 2 accuracy on a quiet host is kept in results/bench/quiet_host/.
-    # A shaped link is a ceiling: a run is never faster than it, but a host busy for the
-    # 10 s of a run (seen once here: 0.75 twice in a row) makes one slower, so a slow run
-    # is repeated, up to three times, a few seconds apart.
+    # A shaped link is a ceiling: a run is never faster than it, but a host in a slow phase
+    # makes one slower (seen here: 0.75 twice in a row; another day three runs in a row
+    # within a minute, while raw TCP through the same shaping reached 0.79-0.95 and the
+    # hypervisor stole next to nothing), so a slow run is repeated, up to five times, 10 s
+    # apart; every run must stay under the link.
     fitted = []
-    for attempt in range(3):
+    for attempt in range(5):
         fit = run_fabric(tmp_path / f"fab{attempt}.jsonl", 2, 1, "-b", "2M", "-e", "32M",
                          "-f", "2", "-n", "8", "-w", "1")
         fitted.append(fit["tiers"]["inter_node"]["node_bandwidth_bytes_per_s"])
         assert fitted[-1] < 1.10 * PAYLOAD_BYTES_PER_S, f"faster than the link: {fitted}"
         if fitted[-1] == pytest.approx(PAYLOAD_BYTES_PER_S, rel=0.10):
             break
-        time.sleep(5)
+        time.sleep(10)
     assert fitted[-1] == pytest.approx(PAYLOAD_BYTES_PER_S, rel=0.10), f"fitted {fitted} B/s"
 
 
