@@ -57,6 +57,12 @@ class PlanArrays:
         return PlanArrays(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 
 
+def concat(parts: Sequence[PlanArrays]) -> PlanArrays:
+    """The plans of `parts`, in order, as one PlanArrays (at least one part)."""
+    return PlanArrays(**{f.name: np.concatenate([getattr(p, f.name) for p in parts])
+                         for f in fields(PlanArrays)})
+
+
 def from_plans(plans: Sequence[Plan]) -> PlanArrays:
     def column(name: str, convert=int) -> np.ndarray:
         return np.array([convert(getattr(p, name)) for p in plans])

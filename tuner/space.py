@@ -162,8 +162,14 @@ def zero_choices(space: Space, pp: int) -> list[int]:
 def product_columns(*axes) -> list[np.ndarray]:
     """The cartesian product of integer lists, one column per list, in itertools.product
     order (built by numpy: the search calls this once per layout)."""
-    grids = np.meshgrid(*[np.asarray(a, dtype=np.int64) for a in axes], indexing="ij")
-    return [g.ravel() for g in grids]
+    columns = [np.asarray(a, dtype=np.int64) for a in axes]
+    sizes = [len(c) for c in columns]
+    total = int(np.prod(sizes))
+    out, inner = [], total
+    for column, size in zip(columns, sizes):
+        inner //= max(size, 1)  # each value repeats for the product of the later lists
+        out.append(np.tile(np.repeat(column, inner), total // max(size * inner, 1)))
+    return out
 
 
 def inner_candidates(space: Space, layout: Layout) -> PlanArrays:

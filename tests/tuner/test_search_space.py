@@ -170,3 +170,14 @@ def test_check_space_rejects_impossible_requests(model, gpus, knobs, words):
     space = make_space(model, "dgx-h100", gpus, (512, 1024), **knobs)
     with pytest.raises(SpecError, match=words.replace("(", r"\(").replace(")", r"\)")):
         check_space(space)
+
+
+@pytest.mark.parametrize("axes", [([1, 2], [3, 4, 5], [6]), ([1], [2], [3]),
+                                  ([1, 2, 3], [], [4]), ([7, 8], [1, 2], [5, 6, 9], [0, 1])])
+def test_product_columns_is_itertools_product(axes):
+    import itertools
+
+    from tuner.space import product_columns
+
+    rows = list(zip(*[c.tolist() for c in product_columns(*axes)]))
+    assert rows == list(itertools.product(*axes))
