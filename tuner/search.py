@@ -87,7 +87,10 @@ def score_layout(space: Space, layout: Layout, headroom: float,
     KEEP_PER_LAYOUT). The whole space is scored on the first call and remembered: one
     estimate_batch call pays numpy's fixed cost once for all layouts instead of per layout
     (results/search/bench_search.txt)."""
-    result = score_space(space, headroom)[layout]
+    result = score_space(space, headroom).get(layout)
+    if result is None:  # not a layout of the space (e.g. a trial enqueued by hand)
+        result = _score_chunk(space, [(layout, inner_candidates(space, layout))],
+                              headroom)[layout]
     return replace(result, best=result.best[:keep])
 
 

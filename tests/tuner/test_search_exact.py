@@ -115,3 +115,33 @@ def test_global_batch_choices_are_multiples_of_dp_spread_over_the_range(lo, hi, 
     if len(every) > MAX_GBS_CHOICES:  # evenly spread: no gap more than twice the ideal one
         ideal = (every[-1] - every[0]) / (MAX_GBS_CHOICES - 1)
         assert max(np.diff(values)) <= 2 * math.ceil(ideal / dp) * dp
+
+
+def test_score_layout_matches_the_whole_space_batch_and_scores_outsiders(case):
+    """score_layout reads the whole-space batch (score_space); each layout's best equals a
+    batch of that layout alone, and a layout outside the space (e.g. a trial enqueued by
+    hand) is scored on its own rather than failing."""
+    from dataclasses import replace
+
+    from tuner.search import score_layout, score_space
+
+    space, _ = case
+    every = score_space(space, HEADROOM)
+    assert set(every) == set(layouts(space))
+    limit = space.cluster.gpu.memory_bytes * (1 - HEADROOM)
+    for layout in layouts(space):
+        arrays = inner_candidates(space, layout)
+        result = score_layout(space, layout, HEADROOM, keep=1)
+        assert result.candidates == len(arrays)
+        if not len(arrays):
+            continue
+        batch = estimate_batch(space.model, space.cluster, arrays)
+        fits = batch.peak_memory_bytes <= limit
+        if fits.any():
+            assert result.best[0].mfu == pytest.approx(batch.mfu[fits].max(), rel=REL)
+        else:
+            assert result.best == () and "GB per GPU" in result.reason
+    outsider = replace(layouts(space)[0], ep=layouts(space)[0].ep * 1024)
+    assert outsider not in every
+    result = score_layout(space, outsider, HEADROOM)
+    assert result.candidates >= 0 and (result.best or result.reason)
