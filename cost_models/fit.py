@@ -389,6 +389,9 @@ def _print_summary(cluster: ClusterSpec, fit: dict, output: str) -> None:
     if h:
         print(f"held out: median |err| {h['median_abs_rel_error']:.1%}, max "
               f"{h['max_abs_rel_error']:.1%} over {h['points']} points")
+        by = h["median_abs_rel_error_by_collective"]
+        print("  held out, median |err| by collective: "
+              + ", ".join(f"{name} {err:.1%}" for name, err in sorted(by.items())))
     print(f"wrote {output}")
 
 

@@ -169,3 +169,17 @@ def test_single_rank_results_are_refused_in_one_line(tmp_path):
         "fit: error: every measurement is of a single rank, which crosses no link: run the "
         "benchmark with at least 2 ranks"]
     assert not (tmp_path / "p.json").exists()
+
+
+def test_cli_prints_the_held_out_error_of_each_collective(tmp_path):
+    path = tmp_path / "s.jsonl"
+    synthetic(path, [Collective.ALL_REDUCE, Collective.ALL_GATHER, Collective.ALL_TO_ALL])
+    done = run_module("cost_models.fit", str(path), "-o", str(tmp_path / "c.json"),
+                      "--holdout-every-other-size", "--holdout", "layout == 'strided'")
+    assert done.returncode == 0, done.stderr
+    line = next(x for x in done.stdout.splitlines() if "by collective" in x)
+    profile = load_cluster_profile(tmp_path / "c.json")
+    by = profile.fit["held_out"]["median_abs_rel_error_by_collective"]
+    assert sorted(by) == ["all_gather", "all_reduce", "all_to_all"]
+    for name, err in by.items():
+        assert f"{name} {err:.1%}" in line
