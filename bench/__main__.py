@@ -17,7 +17,7 @@ import time
 from collections import Counter
 
 from bench.collectives import DTYPE_BYTES, MPI_DTYPES, P2P_MODES
-from bench.dist import BACKENDS, connect, node_name
+from bench.dist import BACKENDS, MPICH_ALGORITHMS, connect, node_name
 from bench.groups import LAYOUTS, LayoutError, make_groups
 from bench.records import (
     RANK_REDUCE,
@@ -34,7 +34,8 @@ from cost_models.cli_args import Parser
 EXIT_USAGE = 2  # bad input and failed runs: one line on stderr, exit code 2
 ENV_KEPT = ("NCCL_ALGO", "NCCL_PROTO", "NCCL_IB_HCA", "NCCL_SOCKET_IFNAME",
             "GLOO_SOCKET_IFNAME", "UCX_TLS", "OMP_NUM_THREADS", "SLURM_JOB_ID",
-            "SLURM_JOB_NODELIST", "PARTUNE_FABRIC")
+            "SLURM_JOB_NODELIST", "PARTUNE_FABRIC", "MPIR_CVAR_NOLOCAL",
+            *MPICH_ALGORITHMS)
 COLUMNS = (("size", "(B)", 12), ("count", "(elts)", 11), ("type", "", 8), ("group", "", 5),
            ("layout", "", 11), ("ngrp", "", 4), ("nodes", "", 5), ("time", "(us)", 10),
            ("min", "(us)", 10), ("p50", "(us)", 10), ("p99", "(us)", 10),

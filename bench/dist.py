@@ -166,6 +166,22 @@ class TorchComm:
         self.dist.destroy_process_group()
 
 
+# MPICH picks its collective algorithms by size and process layout; a fit must know which
+# ran, so the suite pins the long-message algorithms of Thakur, Rabenseifner & Gropp 2005
+# (IJHPCA 19(1)) unless the user set them: ring all-reduce and all-gather, pairwise
+# all-to-all and reduce-scatter, scatter + ring all-gather broadcast, and no device-level
+# (node-aware) compositions. `cost_models.comm` models exactly these (library "mpi").
+# Recorded in the results header. Other MPIs ignore these variables.
+MPICH_ALGORITHMS = {
+    "MPIR_CVAR_DEVICE_COLLECTIVES": "none",
+    "MPIR_CVAR_ALLREDUCE_INTRA_ALGORITHM": "ring",
+    "MPIR_CVAR_ALLGATHER_INTRA_ALGORITHM": "ring",
+    "MPIR_CVAR_ALLTOALL_INTRA_ALGORITHM": "pairwise",
+    "MPIR_CVAR_REDUCE_SCATTER_BLOCK_INTRA_ALGORITHM": "pairwise",
+    "MPIR_CVAR_BCAST_INTRA_ALGORITHM": "scatter_ring_allgather",
+}
+
+
 class MpiComm:
     """mpi4py: groups are communicators split from COMM_WORLD."""
 
@@ -173,6 +189,8 @@ class MpiComm:
     device = None
 
     def __init__(self) -> None:
+        for name, value in MPICH_ALGORITHMS.items():  # read by MPI_Init, at the import
+            os.environ.setdefault(name, value)
         from mpi4py import MPI
 
         self.MPI = MPI

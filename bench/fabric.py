@@ -16,6 +16,13 @@ otherwise a user-space link (bench.fabric_link): each node's eth0 is a TAP devic
 a forwarder process in the switch namespace holds for half the delay on each of the two hops
 (node -> bridge -> node). Rate shaping stays in the kernel (tbf) either way.
 
+Backends: gloo (each rank started here, one per node namespace slot), or MPI with
+`--backend mpi` among the benchmark arguments: one MPMD `mpiexec` whose every rank starts
+inside its node's namespace. MPICH's fork launcher puts all ranks on this host, so MPICH
+would join them by shared memory; MPIR_CVAR_NOLOCAL makes every pair talk through the
+namespaces' network instead (ranks of one node over that node's own address, unshaped, as
+gloo's do).
+
 Teardown runs in `finally` and on SIGINT/SIGTERM: rank processes are killed and every
 namespace deleted (their veths and bridge go with them). `--cleanup` removes namespaces left
 by a run that was killed with SIGKILL.
@@ -250,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cleanup", action="store_true",
                    help="only delete namespaces left behind by a killed run")
     p.add_argument("bench_args", nargs=argparse.REMAINDER,
-                   help="-- then `python -m bench` arguments (gloo backend)")
+                   help="-- then `python -m bench` arguments (gloo backend, or --backend mpi)")
     return p
 
 
@@ -262,8 +269,12 @@ def check_args(args) -> FabricSpec:
     bench_args = args.bench_args[1:] if args.bench_args[:1] == ["--"] else args.bench_args
     if not bench_args:
         raise FabricError("give the benchmark arguments after --, e.g. -- all_reduce -b 1K")
-    if "mpi" in bench_args or "nccl" in bench_args:
-        raise FabricError("the emulated fabric runs the gloo backend only (use --backend gloo)")
+    backend = backend_of(bench_args)
+    if backend not in FABRIC_BACKENDS:
+        raise FabricError(f"--backend {backend}: the emulated fabric runs "
+                          f"{' or '.join(FABRIC_BACKENDS)} (NCCL needs GPUs)")
+    if backend == "mpi" and shutil.which("mpiexec") is None:
+        raise FabricError("--backend mpi needs mpiexec on PATH (pip install mpich, or your MPI)")
     try:
         rate = parse_rate(args.rate)
     except ValueError as exc:
@@ -278,6 +289,35 @@ def check_args(args) -> FabricSpec:
                       rate_bits_per_s=rate, delay_us=args.delay_us, delay_method=method)
 
 
+FABRIC_BACKENDS = ("gloo", "mpi")
+# MPI ranks all start on this host: without NOLOCAL, MPICH would pair them by shared memory
+# and no byte would cross the shaped links. UCX/libfabric over TCP on the node's eth0.
+MPI_FABRIC_ENV = {"MPIR_CVAR_NOLOCAL": "1", "UCX_TLS": "tcp,self", "UCX_NET_DEVICES": "eth0",
+                  "FI_PROVIDER": "tcp"}
+
+
+def backend_of(bench_args: list[str]) -> str:
+    """The backend the benchmark arguments name (the last --backend wins, as argparse)."""
+    backend = "gloo"
+    for i, arg in enumerate(bench_args):
+        if arg == "--backend" and i + 1 < len(bench_args):
+            backend = bench_args[i + 1]
+        elif arg.startswith("--backend="):
+            backend = arg.split("=", 1)[1]
+    return backend
+
+
+def mpi_command(fabric: Fabric, spec: FabricSpec, bench_args: list[str]) -> list[str]:
+    """One MPMD mpiexec: rank r runs `python -m bench ...` inside its node's namespace."""
+    command = ["mpiexec"]
+    for rank in range(spec.nodes * spec.ranks_per_node):
+        node = rank // spec.ranks_per_node
+        command += [":"] if rank else []
+        command += ["-n", "1", *fabric.rank_command(node, [sys.executable, "-m", "bench",
+                                                          *bench_args])]
+    return command
+
+
 def run_on_fabric(spec: FabricSpec, bench_args: list[str], timeout_s: float) -> tuple[int, str]:
     from bench.launch import rank_env, run_ranks
 
@@ -286,6 +326,9 @@ def run_on_fabric(spec: FabricSpec, bench_args: list[str], timeout_s: float) -> 
         described = spec.describe() | {"measured_rtt_us": measure_rtt_us(fabric)}
         extra = {"GLOO_SOCKET_IFNAME": "eth0", "NCCL_SOCKET_IFNAME": "eth0",
                  "UCX_TLS": "tcp,self", "PARTUNE_FABRIC": json.dumps(described)}
+        if backend_of(bench_args) == "mpi":
+            env = {**os.environ, **extra, **MPI_FABRIC_ENV}
+            return run_ranks([mpi_command(fabric, spec, bench_args)], [env], timeout_s)
         commands, envs = [], []
         for rank in range(world):
             node, local = divmod(rank, spec.ranks_per_node)

@@ -183,3 +183,21 @@ def test_cli_prints_the_held_out_error_of_each_collective(tmp_path):
     assert sorted(by) == ["all_gather", "all_reduce", "all_to_all"]
     for name, err in by.items():
         assert f"{name} {err:.1%}" in line
+
+
+def test_mpi_pinned_algorithms_by_hand():
+    """MPICH as the suite pins it: the pairwise reduce-scatter sends every other rank its
+    block straight (2 x 2, world of 4: each node sends 2 ranks x 2 remote blocks of S/4 = S
+    over its link, where a ring sends 0.75 S); the scatter + ring all-gather broadcast moves
+    2(n-1)/n of the buffer, like a ring all-reduce."""
+    size, inter = 4e6, PLAIN.tiers[1]
+    node_bw = 2 * inter.bandwidth_bytes_per_s
+    rs = float(collective_time_s(Collective.REDUCE_SCATTER, size, 4, 2, PLAIN,
+                                 groups_per_node=1, library="mpi"))
+    assert rs == pytest.approx(3 * inter.latency_s + size / node_bw)
+    ring = float(collective_time_s(Collective.REDUCE_SCATTER, size, 4, 2, PLAIN,
+                                   groups_per_node=1, library="nccl"))
+    assert ring == pytest.approx(3 * inter.latency_s + 0.75 * size / node_bw)
+    bcast = float(collective_time_s(Collective.BROADCAST, size, 4, 2, PLAIN,
+                                    groups_per_node=1, library="mpi"))
+    assert bcast == pytest.approx(6 * inter.latency_s + 1.5 * size / node_bw)
