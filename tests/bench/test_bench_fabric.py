@@ -141,6 +141,21 @@ def test_mpi_ranks_cross_the_shaped_link(tmp_path):
     assert 0.95 * link_s < row.time_us_min / 1e6 < 2.0 * link_s, row.time_us_min
 
 
+@pytest.mark.skipif(shutil.which("mpiexec") is None, reason="mpiexec not installed")
+def test_mpi_run_past_its_timeout_is_stopped_and_torn_down(tmp_path):
+    """The MPMD mpiexec is supervised like gloo's ranks: past --timeout every rank is killed,
+    one line says why, exit 2, no namespace or rank left behind."""
+    done, left = fabric("--nodes", "2", "--ranks-per-node", "1", "--rate", "100mbit",
+                        "--timeout", "6", "--", "all_reduce", "-b", "64M", "-e", "64M",
+                        "-n", "50", "--backend", "mpi", "-o", str(tmp_path / "x.jsonl"))
+    assert done.returncode == 2
+    assert "bench.fabric: error: the benchmark did not finish within 6 s" in done.stderr
+    assert left == []
+    ranks = subprocess.run(["pgrep", "-f", f"-m bench .*{tmp_path}"],
+                           capture_output=True, text=True).stdout
+    assert ranks == ""
+
+
 @pytest.mark.slow
 def test_user_space_link_adds_the_requested_latency(tmp_path):
     """2 nodes x 1 rank, all-reduce over 2 ranks (ring = tree = 2 steps): fitted inter-node
