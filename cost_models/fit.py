@@ -60,6 +60,10 @@ def load_frame(paths: list[str]) -> tuple[pd.DataFrame, list[dict], list[str]]:
         rows["file"] = path
         rows["gpus_per_node"] = int(results.header.get("ranks_per_node", 1))
         rows["library"] = library_of(results.header)
+        if rows["library"].iloc[0] == "mpi" and not mpi_algorithms_pinned(results.header):
+            problems.append(f"{path}: MPI run without the suite's pinned MPICH algorithms "
+                            "(older file or another MPI): fitted as if ring all-reduce, "
+                            "pairwise reduce-scatter etc. ran (bench.dist.MPICH_ALGORITHMS)")
         bad = rows["wrong"] != 0
         if bad.any():
             problems.append(f"{path}: dropped {int(bad.sum())} measurements with wrong results")
@@ -75,6 +79,14 @@ def library_of(header: dict) -> str:
     """Whose collective algorithms the file measured: its backend (nccl, gloo, mpi)."""
     backend = str(header.get("backend") or header.get("args", {}).get("backend") or "nccl")
     return backend if backend in LIBRARIES else "nccl"
+
+
+def mpi_algorithms_pinned(header: dict) -> bool:
+    """Whether an MPI file's header records the algorithms the suite pins in MPICH."""
+    from bench.dist import MPICH_ALGORITHMS
+
+    env = header.get("env") or {}
+    return all(env.get(name) == value for name, value in MPICH_ALGORITHMS.items())
 
 
 def _expand(paths: list[str]) -> list[str]:

@@ -201,3 +201,29 @@ def test_mpi_pinned_algorithms_by_hand():
     bcast = float(collective_time_s(Collective.BROADCAST, size, 4, 2, PLAIN,
                                     groups_per_node=1, library="mpi"))
     assert bcast == pytest.approx(6 * inter.latency_s + 1.5 * size / node_bw)
+
+
+def test_mpi_files_fit_mpich_algorithms_and_flag_unpinned_runs(tmp_path):
+    """Times made with MPICH's pinned algorithms are recovered (no override needed for the
+    reduce-scatter and broadcast that move other bytes than NCCL's); a file whose header
+    lacks the pinned algorithms is fitted but flagged."""
+    import json
+
+    from bench.dist import MPICH_ALGORITHMS
+
+    path = tmp_path / "mpi.jsonl"
+    collectives = [Collective.ALL_REDUCE, Collective.REDUCE_SCATTER, Collective.BROADCAST]
+    synthetic(path, collectives, noise=0.01, backend="mpi", truth=PLAIN)
+    lines = path.read_text().splitlines()
+    header = json.loads(lines[0])
+    pinned = tmp_path / "pinned.jsonl"
+    pinned.write_text("\n".join([json.dumps(header | {"env": dict(MPICH_ALGORITHMS)}),
+                                 *lines[1:]]) + "\n")
+    cluster, fit, _, _ = build_profile([str(pinned)], BASE, name="mpi", every_other_size=True,
+                                       holdout="layout == 'strided'")
+    assert fit["libraries"] == ["mpi"] and not fit["problems"]
+    assert all(not tier.per_collective for tier in cluster.tiers)
+    assert cluster.tiers[1].bandwidth_bytes_per_s == pytest.approx(60e6, rel=0.05)
+    assert fit["held_out"]["max_abs_rel_error"] < 0.10
+    _, unpinned, _, _ = build_profile([str(path)], BASE, name="mpi")
+    assert any("without the suite's pinned MPICH algorithms" in p for p in unpinned["problems"])
