@@ -16,10 +16,10 @@ oversubscription. Inside the node the group is capped by the NVLink bus bandwidt
 
 The algorithms are NCCL's (ring, tree, pipelined broadcast), which is what planning needs.
 Benchmarks measured through gloo or MPI are fitted with that library's own algorithms where
-they move different bytes (`library="gloo"`, `"mpi"`; see MPI_AS for the algorithms the
-suite pins in MPICH), so the fitted tiers describe the fabric, not the library:
-gloo's broadcast is a binomial tree of whole buffers and torch's gloo reduce-scatter is an
-all-reduce of the whole buffer (see `_gloo_broadcast_s` and GLOO_AS_ALL_REDUCE).
+they move different bytes (`library="gloo"`, `"mpi"`), so the fitted tiers describe the
+fabric, not the library: gloo's broadcast is a binomial tree of whole buffers
+(`_gloo_broadcast_s`); the collectives gloo and MPICH run with another's traffic are in
+RUNS_AS.
 """
 
 from __future__ import annotations
@@ -29,22 +29,26 @@ import numpy as np
 from bench.records import Collective
 from cost_models.specs import ClusterSpec
 
-LIBRARIES = ("nccl", "gloo", "mpi")  # mpi: the algorithms the suite pins in MPICH
-# (bench.dist.MPICH_ALGORITHMS): ring all-reduce and all-gather move NCCL's ring bytes and
-# the pairwise all-to-all is the all-to-all below; broadcast and reduce-scatter: MPI_AS
+LIBRARIES = ("nccl", "gloo", "mpi")  # whose algorithms move the bytes; "mpi": the ones the
+# suite pins in MPICH (bench.dist.MPICH_ALGORITHMS). Ring all-reduce and all-gather and the
+# pairwise all-to-all move NCCL's bytes; RUNS_AS lists the collectives that do not.
 
-# torch's ProcessGroupGloo runs reduce_scatter_tensor as allreduce(input).chunk(n)[rank]
-# (pytorch/pytorch PR 118911: "still 2x communication than a real reduce-scatter"); measured
-# on the emulated fabric it costs 1.05x the all-reduce of the same buffer
-# (results/bench/quiet_host/fabric_2x2_1gbit.jsonl).
-GLOO_AS_ALL_REDUCE = frozenset({Collective.REDUCE_SCATTER})
-# MPICH's pairwise-exchange reduce-scatter (Thakur, Rabenseifner & Gropp 2005, Sec. 4.3: the
-# long-message algorithm) sends each rank's block for every other rank straight to it: the
-# all-to-all's traffic, (n - k)/n of the buffer leaving each rank's node, not a ring's.
-# Its long-message broadcast, a scatter then a ring all-gather (Sec. 4.1), moves 2(n-1)/n of
-# the buffer per link, the ring all-reduce's bytes, not a pipelined broadcast's one buffer.
-MPI_AS = {Collective.REDUCE_SCATTER: Collective.ALL_TO_ALL,
-          Collective.BROADCAST: Collective.ALL_REDUCE}
+# Collectives a library runs with another collective's traffic, by library:
+# - gloo: torch's ProcessGroupGloo runs reduce_scatter_tensor as allreduce(input).chunk(n)[rank]
+#   (pytorch/pytorch PR 118911: "still 2x communication than a real reduce-scatter"); measured
+#   on the emulated fabric it costs 1.05x the all-reduce of the same buffer
+#   (results/bench/quiet_host/fabric_2x2_1gbit.jsonl). (gloo's broadcast: _gloo_broadcast_s.)
+# - mpi: MPICH's pairwise-exchange reduce-scatter (Thakur, Rabenseifner & Gropp 2005, Sec. 4.3:
+#   the long-message algorithm) sends each rank's block for every other rank straight to it,
+#   the all-to-all's traffic ((n - k)/n of the buffer leaving each rank's node), not a ring's;
+#   its long-message broadcast, a scatter then a ring all-gather (Sec. 4.1), moves 2(n-1)/n of
+#   the buffer per link, a ring all-reduce's bytes, not a pipelined broadcast's one buffer.
+RUNS_AS = {
+    "nccl": {},
+    "gloo": {Collective.REDUCE_SCATTER: Collective.ALL_REDUCE},
+    "mpi": {Collective.REDUCE_SCATTER: Collective.ALL_TO_ALL,
+            Collective.BROADCAST: Collective.ALL_REDUCE},
+}
 
 _RING_STEP_FACTOR = {  # ring steps per rank, as multiples of (n - 1)
     Collective.ALL_REDUCE: 2.0,
@@ -115,11 +119,7 @@ def collective_time_s(collective: Collective, size_bytes, group_size, ranks_per_
                                            lat_out)
         return np.where(n > 1, steps + bw_time, 0.0)
     # the bytes moved follow the algorithm that runs; the link stays the call's
-    algorithm = collective
-    if gloo and collective in GLOO_AS_ALL_REDUCE:
-        algorithm = Collective.ALL_REDUCE
-    elif library == "mpi":
-        algorithm = MPI_AS.get(collective, collective)
+    algorithm = RUNS_AS[library].get(collective, collective)
     if algorithm == Collective.ALL_TO_ALL:
         # (n-k)/n of each rank's bytes leave the node, (k-1)/n stay on NVLink.
         net_time = size * (n - k) / n / (node_net_bw / k)

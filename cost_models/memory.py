@@ -19,6 +19,7 @@ from cost_models.params import (
     embedding_params,
     expert_params,
     mlp_matrices,
+    mtp_module_params,
 )
 from cost_models.pipeline import stage_layers
 from cost_models.plan_arrays import FULL_RECOMPUTE, PRECISION_CODES, PlanArrays
@@ -72,8 +73,8 @@ def stage_param_counts(model: ModelSpec, plans: PlanArrays) -> tuple[np.ndarray,
     experts = layers * moe_share * moe_experts
     mtp = np.where(plans.pp == 1, model.mtp_layers, 0)
     mtp_dense, mtp_experts = layer_params_on_gpu(model, plans, moe=model.is_moe)
-    h = model.hidden_size
-    mtp_dense = mtp_dense + 2 * h * h / plans.tp + 3 * h  # projection, its 2 norms, final norm
+    projection, norms = mtp_module_params(model)
+    mtp_dense = mtp_dense + projection / plans.tp + norms
     return dense + mtp * mtp_dense, experts + mtp * mtp_experts
 
 

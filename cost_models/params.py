@@ -82,14 +82,20 @@ def count_parameters(model: ModelSpec) -> int:
     return per_layer_attn + mlps + embedding_params(model) + layer_norm_params(model)
 
 
+def mtp_module_params(model: ModelSpec) -> tuple[int, int]:
+    """(projection, norms): what one multi-token-prediction depth adds besides its layer,
+    the 2h -> h projection (split by TP) and its two input norms and final norm (h each)."""
+    h = model.hidden_size
+    return 2 * h * h, 3 * h
+
+
 def mtp_params(model: ModelSpec) -> int:
     """Weights of the multi-token-prediction modules (not in the published model sizes): per
-    depth two norms (h each), the 2h -> h projection, one layer (MoE if the model has MoE
-    layers) and its final norm; embedding and output head are shared with the model."""
-    h = model.hidden_size
+    depth the projection and norms (`mtp_module_params`) and one layer (MoE if the model has
+    MoE layers); embedding and output head are shared with the model."""
     mlp = moe_mlp_params(model) if model.is_moe else dense_mlp_params(model)
-    layer = attention_params(model) + mlp + 2 * h
-    return model.mtp_layers * (2 * h * h + 3 * h + layer)
+    layer = attention_params(model) + mlp + 2 * model.hidden_size
+    return model.mtp_layers * (sum(mtp_module_params(model)) + layer)
 
 
 def count_active_parameters(model: ModelSpec) -> int:

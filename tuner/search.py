@@ -114,10 +114,8 @@ def score_space(space: Space, headroom: float) -> dict[Layout, LayoutResult]:
 def _score_chunk(space: Space, chunk: list[tuple[Layout, PlanArrays]],
                  headroom: float) -> dict[Layout, LayoutResult]:
     parts = [plans for _, plans in chunk if len(plans)]
-    if not parts:
-        return {layout: _layout_result(layout, None, None, 0, 0, 0.0) for layout, _ in chunk}
-    plans = concat(parts)
-    est = estimate_batch(space.model, space.cluster, plans)
+    plans = concat(parts) if parts else None  # no plans: every layout gets its reason
+    est = estimate_batch(space.model, space.cluster, plans) if parts else None
     limit = memory_limit_bytes(space, headroom)
     out, start = {}, 0
     for layout, part in chunk:
