@@ -18,8 +18,8 @@ The algorithms are NCCL's (ring, tree, pipelined broadcast), which is what plann
 Benchmarks measured through gloo or MPI are fitted with that library's own algorithms where
 they move different bytes (`library="gloo"`, `"mpi"`), so the fitted tiers describe the
 fabric, not the library: gloo's broadcast is a binomial tree of whole buffers
-(`_gloo_broadcast_s`); the collectives gloo and MPICH run with another's traffic are in
-RUNS_AS.
+(`_gloo_broadcast_s`), MPICH's a scatter and a ring all-gather (`_mpich_broadcast_s`); the
+collectives gloo and MPICH run with another's traffic are in RUNS_AS.
 """
 
 from __future__ import annotations
@@ -40,14 +40,12 @@ LIBRARIES = ("nccl", "gloo", "mpi")  # whose algorithms move the bytes; "mpi": t
 #   (results/bench/quiet_host/fabric_2x2_1gbit.jsonl). (gloo's broadcast: _gloo_broadcast_s.)
 # - mpi: MPICH's pairwise-exchange reduce-scatter (Thakur, Rabenseifner & Gropp 2005, Sec. 4.3:
 #   the long-message algorithm) sends each rank's block for every other rank straight to it,
-#   the all-to-all's traffic ((n - k)/n of the buffer leaving each rank's node), not a ring's;
-#   its long-message broadcast, a scatter then a ring all-gather (Sec. 4.1), moves 2(n-1)/n of
-#   the buffer per link, a ring all-reduce's bytes, not a pipelined broadcast's one buffer.
+#   the all-to-all's traffic ((n - k)/n of the buffer leaving each rank's node), not a ring's.
+#   (MPICH's long-message broadcast: _mpich_broadcast_s.)
 RUNS_AS = {
     "nccl": {},
     "gloo": {Collective.REDUCE_SCATTER: Collective.ALL_REDUCE},
-    "mpi": {Collective.REDUCE_SCATTER: Collective.ALL_TO_ALL,
-            Collective.BROADCAST: Collective.ALL_REDUCE},
+    "mpi": {Collective.REDUCE_SCATTER: Collective.ALL_TO_ALL},
 }
 
 _RING_STEP_FACTOR = {  # ring steps per rank, as multiples of (n - 1)
@@ -114,9 +112,9 @@ def collective_time_s(collective: Collective, size_bytes, group_size, ranks_per_
         groups_per_node = gpn / k
     node_net_bw = gpn * bw_out / (np.asarray(groups_per_node, dtype=float) * oversub)
     spans = nodes > 1
-    if gloo and collective == Collective.BROADCAST:
-        bw_time, steps = _gloo_broadcast_s(size, n, k, spans, bw_in, node_net_bw, lat_in,
-                                           lat_out)
+    if collective == Collective.BROADCAST and library != "nccl":
+        own = _gloo_broadcast_s if gloo else _mpich_broadcast_s
+        bw_time, steps = own(size, n, k, spans, bw_in, node_net_bw, lat_in, lat_out)
         return np.where(n > 1, steps + bw_time, 0.0)
     # the bytes moved follow the algorithm that runs; the link stays the call's
     algorithm = RUNS_AS[library].get(collective, collective)
@@ -146,6 +144,24 @@ def _gloo_broadcast_s(size, n, k, spans, bw_in, node_net_bw, lat_in, lat_out):
     per_flow_bw = np.minimum(bw_in, node_net_bw / k)
     bw_time = inside * size / bw_in + across * size / per_flow_bw
     return bw_time, inside * lat_in + across * lat_out
+
+
+def _mpich_broadcast_s(size, n, k, spans, bw_in, node_net_bw, lat_in, lat_out):
+    """(bandwidth seconds, latency seconds) of MPICH's long-message broadcast (Thakur,
+    Rabenseifner & Gropp 2005, Sec. 4.1, after Van de Geijn): a binomial scatter, then a
+    ring all-gather of the n blocks. The scatter's critical path is the root's: it sends
+    half the buffer, then a quarter, ...; with the group's ranks k to a node in rank order
+    the first log2(nodes) of those sends cross the network ((n - k)/n of the buffer, one flow
+    per node at a time) and the rest stay inside the node ((k - 1)/n). The all-gather is the
+    ring's (n - 1)/n. On 2 nodes x 2 ranks the busiest link carries 1.25 buffers, where a
+    ring all-reduce's bytes would be 1.5; two strided pairs whose roots share a node, 2."""
+    flow_bw = np.where(spans, np.minimum(bw_in, node_net_bw), bw_in)
+    net_part = np.where(spans, (n - k) / n, (n - 1) / n)
+    nvl_part = np.where(spans, (k - 1) / n, 0.0)
+    scatter = size * (net_part / flow_bw + nvl_part / bw_in)
+    ring_all_gather = size * bus_factor(Collective.ALL_GATHER, n) / flow_bw
+    steps = np.ceil(np.log2(n)) + latency_steps(Collective.ALL_GATHER, n, k)
+    return scatter + ring_all_gather, steps * np.where(spans, lat_out, lat_in)
 
 
 def latency_steps(collective: Collective, n: np.ndarray, k: np.ndarray,

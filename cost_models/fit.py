@@ -230,15 +230,20 @@ def residuals(cluster: ClusterSpec, frame: pd.DataFrame, statistic: str = "p50")
 
 def error_summary(checked: pd.DataFrame) -> dict:
     err = checked["rel_error"].abs()
-    by = {name: round(float(part.abs().median()), 4)
-          for name, part in checked.groupby("collective")["rel_error"]}
     large = checked["size_bytes"] >= LARGE_BYTES
     return {"points": int(len(checked)), "median_abs_rel_error": round(float(err.median()), 4),
             "max_abs_rel_error": round(float(err.max()), 4),
-            "median_abs_rel_error_by_collective": by,
+            "median_abs_rel_error_by_collective": _median_by_collective(checked),
             "sizes_from_1MiB": {"points": int(large.sum()),
                                 "median_abs_rel_error": _round(err[large].median()),
-                                "max_abs_rel_error": _round(err[large].max())}}
+                                "max_abs_rel_error": _round(err[large].max()),
+                                "median_abs_rel_error_by_collective":
+                                    _median_by_collective(checked[large])}}
+
+
+def _median_by_collective(checked: pd.DataFrame) -> dict[str, float]:
+    return {name: round(float(part.abs().median()), 4)
+            for name, part in checked.groupby("collective")["rel_error"]}
 
 
 def _round(value: float) -> float | None:
@@ -401,9 +406,11 @@ def _print_summary(cluster: ClusterSpec, fit: dict, output: str) -> None:
     if h:
         print(f"held out: median |err| {h['median_abs_rel_error']:.1%}, max "
               f"{h['max_abs_rel_error']:.1%} over {h['points']} points")
-        by = h["median_abs_rel_error_by_collective"]
-        print("  held out, median |err| by collective: "
-              + ", ".join(f"{name} {err:.1%}" for name, err in sorted(by.items())))
+        large = h["sizes_from_1MiB"]["median_abs_rel_error_by_collective"]
+        for label, by in (("", h["median_abs_rel_error_by_collective"]), (" from 1 MiB", large)):
+            if by:
+                print(f"  held out{label}, median |err| by collective: "
+                      + ", ".join(f"{name} {err:.1%}" for name, err in sorted(by.items())))
     print(f"wrote {output}")
 
 

@@ -2,12 +2,12 @@
 # Re-creates every measured file in results/bench/ and the fitted profiles in results/clusters/.
 # Run from the repository root as root (network namespaces). The benchmarks run at nice -5 so
 # other work on a shared 2-core host disturbs them less; expect +-30% noise at small sizes.
-#   bash results/bench/reproduce.sh [step...]    steps: fabric latency local overhead fit plots
+#   bash results/bench/reproduce.sh [step...]    steps: fabric mpi latency local overhead fit plots
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 R=results/bench
 C=results/clusters
-steps=("${@:-fabric latency local overhead fit plots}")
+steps=("${@:-fabric mpi latency local overhead fit plots}")
 run() { echo "+ $*"; nice -n -5 "$@"; }
 want() { [[ " ${steps[*]} " == *" $1 "* ]]; }
 
@@ -17,6 +17,16 @@ if want fabric; then
     all_reduce,all_gather,reduce_scatter,all_to_all,broadcast,send_recv \
     -b 16K -e 32M -f 2 -n 10 -w 2 -g 0,2 --layout consecutive,strided \
     -o $R/fabric_2x2_1gbit.jsonl | tee $R/fabric_2x2_1gbit.txt
+fi
+MPI_RUNS=(mpi mpi_run2 mpi_run3 mpi_run4)  # the same sweep four times: this host drifts
+if want mpi; then
+  for name in "${MPI_RUNS[@]}"; do
+    rm -f $R/fabric_2x2_1gbit_$name.jsonl
+    run python -m bench.fabric --nodes 2 --ranks-per-node 2 --rate 1gbit --timeout 580 -- \
+      all_reduce,all_gather,reduce_scatter,all_to_all,broadcast,send_recv \
+      -b 16K -e 32M -f 2 -n 10 -w 2 -g 0,2 --layout consecutive,strided --backend mpi \
+      -o $R/fabric_2x2_1gbit_$name.jsonl | tee $R/fabric_2x2_1gbit_$name.txt
+  done
 fi
 if want latency; then
   for d in 0 2000; do
@@ -44,6 +54,18 @@ if want fit; then
   python -m cost_models.fit $R/fabric_2x2_1gbit.jsonl -o $C/fabric_2x2_1gbit.json \
     --base-cluster dgx-h100 --holdout-every-other-size --holdout "layout == 'strided'" \
     --plot $C/fabric_2x2_1gbit_fit.png | tee $C/fabric_2x2_1gbit_fit.txt
+  fit_mpi() {  # output name, then the results files (one run, or all of them pooled)
+    local out=$1; shift
+    echo "$ python -m cost_models.fit $* -o $C/$out.json --base-cluster dgx-h100" \
+      "--holdout-every-other-size --holdout \"layout == 'strided'\" --plot $C/${out}_fit.png" \
+      > $C/${out}_fit.txt
+    python -m cost_models.fit "$@" -o $C/$out.json --base-cluster dgx-h100 \
+      --holdout-every-other-size --holdout "layout == 'strided'" --plot $C/${out}_fit.png \
+      | tee -a $C/${out}_fit.txt
+  }
+  for name in "${MPI_RUNS[@]}"; do fit_mpi fabric_2x2_1gbit_$name $R/fabric_2x2_1gbit_$name.jsonl; done
+  pooled=(); for name in "${MPI_RUNS[@]}"; do pooled+=("$R/fabric_2x2_1gbit_$name.jsonl"); done
+  fit_mpi fabric_2x2_1gbit_mpi_pooled "${pooled[@]}"
   # The latency experiment fits the fastest iteration (--statistic min): the link's latency
   # without the host's scheduling noise (4 ranks' worth of load on 2 shared cores).
   for d in 0 2000; do

@@ -183,13 +183,21 @@ def test_cli_prints_the_held_out_error_of_each_collective(tmp_path):
     assert sorted(by) == ["all_gather", "all_reduce", "all_to_all"]
     for name, err in by.items():
         assert f"{name} {err:.1%}" in line
+    large = next(x for x in done.stdout.splitlines() if "from 1 MiB" in x)
+    by_large = profile.fit["held_out"]["sizes_from_1MiB"]["median_abs_rel_error_by_collective"]
+    assert sorted(by_large) == sorted(by)
+    for name, err in by_large.items():
+        assert f"{name} {err:.1%}" in large
 
 
 def test_mpi_pinned_algorithms_by_hand():
     """MPICH as the suite pins it: the pairwise reduce-scatter sends every other rank its
     block straight (2 x 2, world of 4: each node sends 2 ranks x 2 remote blocks of S/4 = S
-    over its link, where a ring sends 0.75 S); the scatter + ring all-gather broadcast moves
-    2(n-1)/n of the buffer, like a ring all-reduce."""
+    over its link, where a ring sends 0.75 S); the broadcast is a binomial scatter (the root
+    sends S/2 across the network, then S/4 inside its node) and a ring all-gather (0.75 S
+    across): 1.25 S on the busiest link, 2 + 3 latency steps. Two strided pairs whose roots
+    share node 0 (2 groups per node): each direction carries both groups' S/2 scatter and
+    S/2 all-gather blocks, 2 S at the node's rate."""
     size, inter = 4e6, PLAIN.tiers[1]
     node_bw = 2 * inter.bandwidth_bytes_per_s
     rs = float(collective_time_s(Collective.REDUCE_SCATTER, size, 4, 2, PLAIN,
@@ -198,9 +206,14 @@ def test_mpi_pinned_algorithms_by_hand():
     ring = float(collective_time_s(Collective.REDUCE_SCATTER, size, 4, 2, PLAIN,
                                    groups_per_node=1, library="nccl"))
     assert ring == pytest.approx(3 * inter.latency_s + 0.75 * size / node_bw)
+    nvlink_bw = PLAIN.tiers[0].bandwidth_bytes_per_s
     bcast = float(collective_time_s(Collective.BROADCAST, size, 4, 2, PLAIN,
                                     groups_per_node=1, library="mpi"))
-    assert bcast == pytest.approx(6 * inter.latency_s + 1.5 * size / node_bw)
+    assert bcast == pytest.approx(5 * inter.latency_s + 1.25 * size / node_bw
+                                  + 0.25 * size / nvlink_bw)
+    pairs = float(collective_time_s(Collective.BROADCAST, size, 2, 1, PLAIN,
+                                    groups_per_node=2, library="mpi"))
+    assert pairs == pytest.approx(2 * inter.latency_s + 2 * size / node_bw)
 
 
 def test_mpi_files_fit_mpich_algorithms_and_flag_unpinned_runs(tmp_path):
