@@ -117,6 +117,7 @@ def fwd_bwd_fn(gpt, model, device):
     def step():
         loss = gpt(tokens, positions, mask, labels=tokens)
         loss.float().mean().backward()
+    step.inputs = (tokens, positions, mask)
     return step
 
 

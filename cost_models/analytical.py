@@ -1,7 +1,7 @@
 """estimate(model, cluster, plan): step time as a sum of named terms, MFU and peak memory.
 
-    step = m * (compute + recompute + exposed TP/CP/EP) + bubble + PP send/recv
-           + exposed DP + optimizer
+    step = m * (compute + recompute + exposed TP/CP/EP + host wait) + bubble
+           + PP send/recv + exposed DP + optimizer
 
 The pipeline bubble of 1F1B is (pp-1) micro-batch slots and of interleaved 1F1B (pp-1)/vpp
 (Narayanan et al. 2021, arXiv:2104.04473 Sec. 2.2). Gradient reduction overlaps the backward
@@ -25,6 +25,7 @@ from cost_models.comm_terms import (
     tp_comm_per_layer_s,
 )
 from cost_models.compute import (
+    host_issue_s,
     layer_times,
     logits_time_s,
     memory_bound_time_s,
@@ -47,8 +48,8 @@ OPTIMIZER_STEP_BYTES_PER_PARAM = 34
 # channels of overlapped collectives).
 NCCL_SM_FRACTION = 0.15
 
-TIME_TERMS = ("compute", "recompute", "tp_comm", "cp_comm", "ep_comm", "pp_bubble",
-              "pp_comm", "dp_comm", "optimizer")
+TIME_TERMS = ("compute", "recompute", "tp_comm", "cp_comm", "ep_comm", "host_wait",
+              "pp_bubble", "pp_comm", "dp_comm", "optimizer")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -62,7 +63,7 @@ class BatchEstimate:
     memory_bytes: dict[str, np.ndarray]
 
 
-LAYER_TERMS = ("compute", "recompute", "tp_comm", "cp_comm", "ep_comm")
+LAYER_TERMS = ("compute", "recompute", "tp_comm", "cp_comm", "ep_comm", "host_wait")
 
 
 def _per_microbatch(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays, k: dict):
@@ -112,12 +113,16 @@ def _layer_terms(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays, k: d
     whole_moe = selective_recompute_s(model, cluster, plans, moe, t.attention_s,
                                       t.moe_block_s) if moe else selective
     cp_fwd, cp_bwd = cp_comm_per_layer_s(model, plans, k["cp"], cluster)
-    return {"compute": t.forward_s + t.backward_s,
-            "recompute": np.choose(plans.recompute, [0.0, selective, t.forward_s, whole_moe]),
-            "tp_comm": tp_comm_per_layer_s(model, plans, k["tp"], cluster, moe),
-            "cp_comm": (hidden_comm_cost_s(cp_fwd, t.attention_s)
-                        + hidden_comm_cost_s(cp_bwd, t.attention_backward_s)),
-            "ep_comm": ep_comm_per_layer_s(model, plans, k["ep"], cluster) if moe else 0.0}
+    terms = {"compute": t.forward_s + t.backward_s,
+             "recompute": np.choose(plans.recompute, [0.0, selective, t.forward_s, whole_moe]),
+             "tp_comm": tp_comm_per_layer_s(model, plans, k["tp"], cluster, moe),
+             "cp_comm": (hidden_comm_cost_s(cp_fwd, t.attention_s)
+                         + hidden_comm_cost_s(cp_bwd, t.attention_backward_s)),
+             "ep_comm": ep_comm_per_layer_s(model, plans, k["ep"], cluster) if moe else 0.0}
+    # The GPU waits on the host when issuing the layer's operators takes longer than running
+    # them (small work per layer and micro-batch; compute.HOST_S_PER_OP).
+    terms["host_wait"] = np.maximum(host_issue_s(plans, moe) - sum(terms.values()), 0.0)
+    return terms
 
 
 def hidden_comm_cost_s(comm_s, window_s) -> np.ndarray:

@@ -29,7 +29,7 @@ from cost_models.flops import (
 )
 from cost_models.gemm_curve import GemmCurve, curve_for, gemm_time_s
 from cost_models.params import mlp_matrices
-from cost_models.plan_arrays import PRECISION_CODES, PlanArrays
+from cost_models.plan_arrays import FULL_RECOMPUTE, PRECISION_CODES, PlanArrays
 from cost_models.specs import ClusterSpec, ModelSpec, Precision
 
 # Share of dense peak the flash-attention core reaches, forward and backward together.
@@ -57,6 +57,20 @@ MEMORY_BOUND_FRACTION = 0.74
 # without the factor; `python -m cost_models.kernel_fit results/gpu`). 128 rows per expert
 # run 2.2x slower than one big product, 512 rows 7%, 2048 rows 0.5%.
 GROUPED_ROWS_HALF = 137.5
+# Host seconds per PyTorch operator of an eager training step (Python, dispatcher, kernel
+# launch): the fastest layer measured on one H100 (results/gpu/layer_h100_s2048.csv: a GPT
+# layer of hidden 4096 took 1.56 ms forward + backward at TP 4 and 1.60 ms at TP 8, with half
+# the GPU work; 2.36 ms at TP 2: below ~1.6 ms the GPU waits on the host) over that layer's
+# 76 operators (results/gpu/host_ops.csv, `python -m bench.host_ops`; derived again by
+# `python -m cost_models.kernel_fit results/gpu`).
+HOST_S_PER_OP = 20.5e-6
+# Operators per layer, (forward + backward, forward alone), counted in megatron-core 0.16.1's
+# own layers on the CPU (results/gpu/host_ops.csv): a dense layer; an MoE layer's router,
+# dispatcher (which waits on the host once per layer for the token counts) and attention
+# block (363, 141), plus one expert's (32, 12): Transformer Engine's grouped GEMM runs all
+# local experts as one. ASSUMPTION: the local spec's operator count stands for the
+# Transformer Engine layers the runs used (fused kernels, fewer operators, more Python each).
+HOST_OPS_PER_LAYER = {False: (237, 95), True: (363 + 32, 141 + 12)}
 ELEMENT_BYTES = 2
 LOGIT_PASSES_BYTES = 16  # fp32 logits: write, softmax read+write, gradient write (4 x 4 B)
 
@@ -177,6 +191,14 @@ def layer_times(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays,
         attention_backward_s=np.where(plans.flash_attention, flash_bwd, unfused_bwd),
         elementwise_s=memory_bound_time_s(bytes_moved, cluster.gpu),
         moe_block_s=block if moe else 0.0)
+
+
+def host_issue_s(plans: PlanArrays, moe: bool) -> np.ndarray:
+    """Host seconds to issue one layer's forward and backward for one micro-batch, and the
+    forward again under full recomputation (selective recomputation re-runs a few norms and
+    activations, left out)."""
+    both, forward = HOST_OPS_PER_LAYER[moe]
+    return HOST_S_PER_OP * (both + np.where(plans.recompute == FULL_RECOMPUTE, forward, 0))
 
 
 def grouped_gemm_time_s(g, peak, curve: GemmCurve,

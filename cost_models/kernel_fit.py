@@ -127,6 +127,28 @@ def step_check(steps: pd.DataFrame, cluster) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def host_s_per_op(host_ops: pd.DataFrame, layers: pd.DataFrame) -> tuple[float, float]:
+    """(host seconds per operator, the floor it comes from): the fastest GPT layer forward +
+    backward measured (small layers stop getting faster there: the GPU waits on the host)
+    over the operators of that same layer code (`bench_layer_gpt`, counted on the CPU)."""
+    gpt = with_layer_defaults(layers)
+    floor = float(gpt.loc[gpt["mlp"] == "gelu", "fwd_bwd_s"].min())
+    ops = int(host_ops.set_index("layer").loc["bench_layer_gpt", "ops_fwd_bwd"])
+    return floor / ops, floor
+
+
+def host_lines(folder: Path) -> list[str]:
+    ops_path = folder / "host_ops.csv"
+    layer_paths = sorted(folder.glob("layer_*.csv"))
+    if not ops_path.exists() or not layer_paths:
+        return [f"(skipped: host_ops.csv and layer_*.csv are both needed in {folder})"]
+    host_ops = pd.read_csv(ops_path)
+    per_op, floor = host_s_per_op(host_ops, _read_all(layer_paths))
+    counts = ", ".join(f"{r.layer} {r.ops_fwd_bwd}/{r.ops_fwd}" for r in host_ops.itertuples())
+    return [f"HOST_S_PER_OP: {per_op * 1e6:.1f} us = fastest GPT layer fwd+bwd "
+            f"{floor * 1e3:.3f} ms / its operators; operators per layer (fwd+bwd/fwd): {counts}"]
+
+
 def _read_all(paths: list[Path]) -> pd.DataFrame:
     return pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
 
@@ -191,7 +213,7 @@ def report(folder: Path, cluster, gpu: str = "h100") -> str:
     if not found:
         names = ", ".join(p.format(gpu=gpu) for p, _ in SECTIONS)
         raise ValueError(f"no measurement files ({names}) in {folder}")
-    return "\n".join(lines)
+    return "\n".join(lines + host_lines(folder))
 
 
 def main(argv: list[str] | None = None) -> int:

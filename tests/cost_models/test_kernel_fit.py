@@ -12,6 +12,7 @@ from cost_models.kernel_fit import (
     attention_fit,
     fp8_speedup,
     grouped_rows_half,
+    host_s_per_op,
     layer_check,
     main,
     memory_bound_fraction,
@@ -47,6 +48,13 @@ def test_grouped_rows_half_is_the_measured_fit():
     half, errors = grouped_rows_half(read("grouped_h100.csv"), H100.peak_bf16_flops)
     assert half == pytest.approx(compute.GROUPED_ROWS_HALF, abs=0.5)
     assert abs(errors).mean() < 0.08 and abs(errors).max() < 0.15
+
+
+def test_host_seconds_per_operator_is_the_measured_floor():
+    layers = pd.concat([read("layer_h100_s2048.csv"), read("layer_h100_s8192.csv")])
+    per_op, floor = host_s_per_op(read("host_ops.csv"), layers)
+    assert floor == pytest.approx(layers.fwd_bwd_s.min())
+    assert per_op == pytest.approx(compute.HOST_S_PER_OP, abs=0.1e-6)
 
 
 def test_grouped_kernel_slows_down_only_with_few_rows_per_expert():

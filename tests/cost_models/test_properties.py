@@ -165,3 +165,25 @@ def test_last_stage_makes_room_for_multi_token_prediction():
     assert int(last_stage_extra(64, 16, 1, 1)) == 0
     inner, last = inner_and_last_layers(61, np.array([16, 16]), np.array([1, 0]))
     assert list(inner) == [4, 4] and list(last) == [2, 3]
+
+
+def test_gpu_waits_on_the_host_only_when_a_layer_call_is_short():
+    """A Qwen3 MoE layer of one 4K sequence at TP 4 runs for less GPU time than the host takes
+    to issue its operators (395 x 20.5 us = 8.1 ms): the step waits for the host, by exactly
+    the difference per layer call. Sixteen times the tokens per layer call hide it."""
+    from cost_models.compute import HOST_OPS_PER_LAYER, HOST_S_PER_OP
+    from cost_models.plan_arrays import from_plans
+    from cost_models.specs import Plan
+
+    model, cluster = model_preset("qwen3-235b-a22b"), cluster_preset("dgx-h100")
+    short = Plan(tp=4, pp=8, vpp=4, dp=8, ep=8, micro_batch_size=1, global_batch_size=2048,
+                 sequence_parallel=True, recompute="none", zero=1, precision="bf16")
+    long = replace(short, micro_batch_size=16)
+    est = estimate_batch(model, cluster, from_plans([short, long]))
+    wait = est.breakdown_s["host_wait"]
+    assert wait[0] > 0 and wait[1] == 0
+    issue_s = HOST_OPS_PER_LAYER[True][0] * HOST_S_PER_OP
+    layer_calls = 2048 // 8 * 12  # micro-batches x layers of the fullest stage
+    layer_s = sum(est.breakdown_s[t][0] for t in ("compute", "recompute", "tp_comm",
+                                                  "cp_comm", "ep_comm", "host_wait"))
+    assert layer_s >= layer_calls * issue_s * 0.999

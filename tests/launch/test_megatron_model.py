@@ -42,3 +42,24 @@ def test_megatron_core_mla_block_has_the_weights_the_cost_model_counts():
     assert done.returncode == 0, done.stderr[-2000:]
     megatron, ours = (int(x) for x in done.stdout.split()[-2:])
     assert megatron == ours
+
+
+def test_host_operator_counts_are_megatron_cores_own(tmp_path):
+    """The operators per layer the cost model's host term uses (results/gpu/host_ops.csv,
+    cost_models.compute.HOST_OPS_PER_LAYER) are what megatron-core's layers run today."""
+    from pathlib import Path
+
+    from cost_models.compute import HOST_OPS_PER_LAYER
+
+    out = tmp_path / "ops.csv"
+    done = run_module("bench.host_ops", "-o", str(out), timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    counted = {r["layer"]: (int(r["ops_fwd_bwd"]), int(r["ops_fwd"]))
+               for r in csv.DictReader(out.open())}
+    kept = Path(__file__).resolve().parents[2] / "results" / "gpu" / "host_ops.csv"
+    assert counted == {r["layer"]: (int(r["ops_fwd_bwd"]), int(r["ops_fwd"]))
+                       for r in csv.DictReader(kept.open())}
+    shared, expert = counted["megatron_moe_shared"], counted["megatron_moe_per_expert"]
+    assert HOST_OPS_PER_LAYER[False] == counted["megatron_dense"]
+    assert HOST_OPS_PER_LAYER[True] == (shared[0] + expert[0], shared[1] + expert[1])
+    assert counted["megatron_moe_per_expert"][0] > 0 and shared[0] > counted["megatron_dense"][0]
