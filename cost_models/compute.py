@@ -70,6 +70,9 @@ HOST_S_PER_OP = 20.5e-6
 # block (363, 141), plus one expert's (32, 12): Transformer Engine's grouped GEMM runs all
 # local experts as one. ASSUMPTION: the local spec's operator count stands for the
 # Transformer Engine layers the runs used (fused kernels, fewer operators, more Python each).
+# That MoE training is often host-bound is known (NVIDIA/TransformerEngine issue 2053: "many
+# tiny PyTorch kernels"; Megatron-LM's --external-cuda-graph captures attention and the
+# router to cut it); CUDA-graph-captured runs would wait less than this predicts.
 HOST_OPS_PER_LAYER = {False: (237, 95), True: (363 + 32, 141 + 12)}
 ELEMENT_BYTES = 2
 LOGIT_PASSES_BYTES = 16  # fp32 logits: write, softmax read+write, gradient write (4 x 4 B)
