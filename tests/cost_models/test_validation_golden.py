@@ -42,7 +42,7 @@ def test_every_usable_row_is_predicted(predictions):
 
 def test_mean_error_within_tolerance(predictions):
     preds, _ = predictions
-    assert preds.abs_err_pct.mean() <= 8.0
+    assert preds.abs_err_pct.mean() <= 7.0
 
 
 def test_every_published_run_fits_in_memory(predictions):
@@ -59,12 +59,23 @@ def test_every_published_run_fits_in_memory(predictions):
 @pytest.mark.parametrize("family,max_err", [("narayanan21-t1", 6.0), ("korthikanti22", 12.0),
                                             ("megatron20", 18.0), ("dgxc-gpt3", 12.0),
                                             ("dgxc-llama31-70b", 7.0),
-                                            ("dgxc-llama31-405b", 16.0)])
+                                            ("dgxc-llama31-405b", 16.0),
+                                            ("zoo-qwen3-235b-s4k", 35.0)])
 def test_family_errors_within_tolerance(predictions, family, max_err):
     preds, _ = predictions
     rows = preds[preds.id.str.startswith(family)]
     assert len(rows) > 0
     assert rows.abs_err_pct.max() <= max_err, rows[["id", "err_pct"]].to_string()
+
+
+def test_host_wait_makes_the_thinnest_qwen3_layer_calls_slowest_as_published(predictions):
+    """At 4K tokens, TP4 PP8 EP8 gives each layer call the least GPU work (one sequence over
+    4 TP ranks): the GPU waits on the host there, and the run is the slowest published."""
+    preds, _ = predictions
+    four_k = preds[preds.id.str.startswith("zoo-qwen3-235b-s4k")].set_index("id")
+    assert four_k.pred_iter_time_s.idxmax() == "zoo-qwen3-235b-s4k-tp4pp8ep8"
+    assert four_k.host_wait_s["zoo-qwen3-235b-s4k-tp4pp8ep8"] > 0
+    assert (four_k.host_wait_s.drop("zoo-qwen3-235b-s4k-tp4pp8ep8") == 0).all()
 
 
 def test_korthikanti_selective_beats_full_recompute_as_published(predictions):
