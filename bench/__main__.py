@@ -197,11 +197,15 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_args(args)
         backend = args.backend or default_backend()
         comm = connect(backend, cfg.timeout_s)
-        check_layouts(cfg, comm.world_size)
     except (UsageError, ImportError) as exc:
         return fail(str(exc))
     except (RuntimeError, ValueError, OSError) as exc:
         return fail(f"cannot join the other ranks ({backend}): {exc}".splitlines()[0])
+    try:
+        check_layouts(cfg, comm.world_size)
+    except UsageError as exc:
+        comm.close()  # leave no heartbeat or process group to the interpreter's exit
+        return fail(str(exc))
     node_of_rank = comm.gather_objects(node_name())
     path = args.output or default_output(args, backend, comm.world_size)
     status, writer = None, None

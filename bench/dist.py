@@ -302,4 +302,7 @@ class Heartbeat:
         return "no rank is dead or behind"
 
     def stop(self) -> None:
+        """Stop beating and wait for the thread: one caught between a store call and the
+        interpreter's exit aborts the process (C++ terminate) after its last line."""
         self._stop.set()
+        self._thread.join(timeout=4 * self.period_s + 1.0)
