@@ -297,14 +297,12 @@ MPI_FABRIC_ENV = {"MPIR_CVAR_NOLOCAL": "1", "UCX_NET_DEVICES": "eth0", "FI_PROVI
 
 
 def backend_of(bench_args: list[str]) -> str:
-    """The backend the benchmark arguments name (the last --backend wins, as argparse)."""
-    backend = "gloo"
-    for i, arg in enumerate(bench_args):
-        if arg == "--backend" and i + 1 < len(bench_args):
-            backend = bench_args[i + 1]
-        elif arg.startswith("--backend="):
-            backend = arg.split("=", 1)[1]
-    return backend
+    """The backend the benchmark arguments name, read by the benchmark's own parser (gloo
+    when they name none)."""
+    from bench.__main__ import build_parser
+
+    known, _ = build_parser().parse_known_args(bench_args)
+    return known.backend or "gloo"
 
 
 def mpi_command(fabric: Fabric, spec: FabricSpec, bench_args: list[str]) -> list[str]:

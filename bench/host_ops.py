@@ -118,11 +118,9 @@ def cpu_stand_ins() -> None:
 def megatron_layer_ops(layers: int, experts: int) -> tuple[int, int]:
     """Operators of a whole tiny GPTModel step (`experts` 0: dense)."""
     import torch
-    from megatron.core.models.gpt import GPTModel
-    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
     from megatron.core.transformer.moe import moe_utils
 
-    from bench.megatron_step import fwd_bwd_fn, transformer_config
+    from bench.megatron_step import build_gpt, fwd_bwd_fn, transformer_config
 
     moe = {"num_experts": experts, "moe_topk": MOE_TOPK, "moe_ffn_hidden_size": 64,
            "moe_layer_freq": 1.0} if experts else {}
@@ -133,13 +131,11 @@ def megatron_layer_ops(layers: int, experts: int) -> tuple[int, int]:
         config.moe_router_load_balancing_type = "aux_loss"
         config.moe_aux_loss_coeff = 1e-3
         config.qk_layernorm = True
-    spec = get_gpt_layer_local_spec(normalization=config.normalization,
-                                    num_experts=experts or None, moe_grouped_gemm=False,
-                                    qk_layernorm=bool(experts))
     moe_utils.get_moe_layer_wise_logging_tracker().clear()
-    gpt = GPTModel(config=config, transformer_layer_spec=spec, vocab_size=model.vocab_size,
-                   max_sequence_length=model.seq_len, position_embedding_type="rope")
-    step = fwd_bwd_fn(gpt, model, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    gpt = build_gpt(model, config, cpu, num_experts=experts or None, moe_grouped_gemm=False,
+                    qk_layernorm=bool(experts))
+    step = fwd_bwd_fn(gpt, model, cpu)
     tokens, positions, mask = step.inputs
 
     def run(backward: bool) -> None:

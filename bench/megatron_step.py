@@ -93,13 +93,15 @@ def init_single_process(device) -> None:
         model_parallel_cuda_manual_seed(1234)
 
 
-def build_gpt(model, config, device):
+def build_gpt(model, config, device, **spec_kwargs):
+    """megatron-core's GPTModel with the local layer spec (`spec_kwargs`: more arguments of
+    get_gpt_layer_local_spec, e.g. num_experts)."""
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        spec = get_gpt_layer_local_spec(normalization=config.normalization)
+        spec = get_gpt_layer_local_spec(normalization=config.normalization, **spec_kwargs)
         gpt = GPTModel(config=config, transformer_layer_spec=spec, vocab_size=model.vocab_size,
                        max_sequence_length=model.seq_len, position_embedding_type="rope",
                        share_embeddings_and_output_weights=model.tied_embeddings)
