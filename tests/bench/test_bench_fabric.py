@@ -57,35 +57,40 @@ def run_fabric(out, nodes, ranks_per_node, *bench_args):
     return fit
 
 
+def fitted_node_bandwidths(tmp_path, nodes, ranks_per_node, rel, *bench_args, attempts=5):
+    """Node bandwidths fitted by repeated runs, stopping at the first within `rel` of the
+    payload rate. A shaped link is a ceiling: a run is never faster than it, but a host in a
+    slow phase makes one slower (seen here: 0.75 twice in a row; another day three runs in
+    a row within a minute, while raw TCP through the same shaping reached 0.79-0.95 and the
+    hypervisor stole next to nothing), so a slow run is repeated, 10 s apart."""
+    fitted = []
+    for attempt in range(attempts):
+        fit = run_fabric(tmp_path / f"fab{attempt}.jsonl", nodes, ranks_per_node, *bench_args)
+        fitted.append(fit["tiers"]["inter_node"]["node_bandwidth_bytes_per_s"])
+        if fitted[-1] == pytest.approx(PAYLOAD_BYTES_PER_S, rel=rel):
+            break
+        time.sleep(10)
+    return fitted
+
+
 def test_shaped_inter_node_bandwidth_is_fitted_within_10_percent(tmp_path):
     # One rank per node: with 4 ranks on this 2-core machine gloo's own copies and sums,
     # not the link, set the pace whenever anything else runs (0.89 of the link with one
     # busy process beside it, where 2 x 1 measured 0.96-0.98; and a CI run got 0.85).
     # The 2 x 2 accuracy on a quiet host is kept in results/bench/quiet_host/.
-    # A shaped link is a ceiling: a run is never faster than it, but a host in a slow phase
-    # makes one slower (seen here: 0.75 twice in a row; another day three runs in a row
-    # within a minute, while raw TCP through the same shaping reached 0.79-0.95 and the
-    # hypervisor stole next to nothing), so a slow run is repeated, up to five times, 10 s
-    # apart; every run must stay under the link.
-    fitted = []
-    for attempt in range(5):
-        fit = run_fabric(tmp_path / f"fab{attempt}.jsonl", 2, 1, "-b", "2M", "-e", "32M",
-                         "-f", "2", "-n", "8", "-w", "1")
-        fitted.append(fit["tiers"]["inter_node"]["node_bandwidth_bytes_per_s"])
-        assert fitted[-1] < 1.10 * PAYLOAD_BYTES_PER_S, f"faster than the link: {fitted}"
-        if fitted[-1] == pytest.approx(PAYLOAD_BYTES_PER_S, rel=0.10):
-            break
-        time.sleep(10)
+    fitted = fitted_node_bandwidths(tmp_path, 2, 1, 0.10, "-b", "2M", "-e", "32M", "-f", "2",
+                                    "-n", "8", "-w", "1")
+    assert all(f < 1.10 * PAYLOAD_BYTES_PER_S for f in fitted), f"faster than the link: {fitted}"
     assert fitted[-1] == pytest.approx(PAYLOAD_BYTES_PER_S, rel=0.10), f"fitted {fitted} B/s"
 
 
 def test_two_ranks_per_node_share_the_node_link(tmp_path):
     """2 x 2: the two ranks of a node share its link, so the fit's node bandwidth (not the
-    per-rank one) is the shaped rate. Loose bound: 4 ranks on 2 cores are CPU-bound."""
-    fit = run_fabric(tmp_path / "fab.jsonl", 2, 2, "-b", "4M", "-e", "8M", "-f", "2",
-                     "-n", "4", "-w", "1")
-    node_bw = fit["tiers"]["inter_node"]["node_bandwidth_bytes_per_s"]
-    assert node_bw == pytest.approx(PAYLOAD_BYTES_PER_S, rel=0.35), f"fitted {node_bw:.4g} B/s"
+    per-rank one) is the shaped rate. Loose bound: 4 ranks on 2 cores are CPU-bound (it
+    failed once while the host was in a slow phase, hence up to three runs)."""
+    fitted = fitted_node_bandwidths(tmp_path, 2, 2, 0.35, "-b", "4M", "-e", "8M", "-f", "2",
+                                    "-n", "4", "-w", "1", attempts=3)
+    assert fitted[-1] == pytest.approx(PAYLOAD_BYTES_PER_S, rel=0.35), f"fitted {fitted} B/s"
 
 
 def test_bad_benchmark_arguments_tear_the_fabric_down(tmp_path):
