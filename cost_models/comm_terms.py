@@ -124,6 +124,8 @@ def ep_comm_per_layer_s(model: ModelSpec, plans: PlanArrays, k, cluster: Cluster
 
     The all-to-all is sized so that its inter-node bytes are the deduplicated ones: a rank's
     nccl-tests a2a size S sends S*(n-k)/n off-node, so S = remote bytes * n / (n - k).
+    It ends when the busiest expert rank has received (dispatch) and returned (combine)
+    its tokens: Plan.moe_load_factor times the mean.
     """
     tokens = plans.micro_batch_size * model.seq_len / plans.cp / plans.tp
     token_bytes = model.hidden_size * ACT_BYTES
@@ -134,7 +136,8 @@ def ep_comm_per_layer_s(model: ModelSpec, plans: PlanArrays, k, cluster: Cluster
     size = np.where(nodes > 1, remote * n / np.maximum(n - kk, 1.0), local)
     redone = (plans.recompute == FULL_RECOMPUTE) | (plans.recompute == MOE_RECOMPUTE)
     passes = np.where(redone, 3.0, 2.0)
-    return 2.0 * passes * collective_time_s(A2A, size, plans.ep, k, cluster)
+    busiest = size * plans.moe_load_factor
+    return 2.0 * passes * collective_time_s(A2A, busiest, plans.ep, k, cluster)
 
 
 def pp_comm_s(model: ModelSpec, plans: PlanArrays, k, cluster: ClusterSpec) -> np.ndarray:

@@ -75,15 +75,16 @@ def mlp_gemms(model: ModelSpec, tokens, tp, width: float, prefix: str = "") -> l
             Gemm(name=f"{prefix}fc2", m=tokens, k=width / tp, n=model.hidden_size)]
 
 
-def expert_gemms(model: ModelSpec, tokens, tp, ep) -> list[Gemm]:
+def expert_gemms(model: ModelSpec, tokens, tp, ep, load=1.0) -> list[Gemm]:
     """Routed experts of one MoE layer on one rank (expert tensor parallelism 1).
 
     Tokens are split over the TP ranks (sequence parallel), each is sent to top-k experts,
     and a rank holds num_experts/ep experts: with balanced routing each local expert sees
-    tokens/tp * topk * ep / num_experts rows.
+    tokens/tp * topk * ep / num_experts rows; `load` times that on the busiest rank
+    (Plan.moe_load_factor; model FLOPs are counted at 1).
     """
     local_experts = model.num_experts / ep
-    rows = tokens / tp * model.moe_topk / local_experts
+    rows = tokens / tp * model.moe_topk * load / local_experts
     gemms = mlp_gemms(model, rows, 1, model.moe_ffn_hidden_size, prefix="expert_")
     router = Gemm(name="router", m=tokens / tp, k=model.hidden_size, n=model.num_experts)
     out = [router] + [Gemm(name=g.name, m=g.m, k=g.k, n=g.n, count=local_experts)
@@ -93,9 +94,9 @@ def expert_gemms(model: ModelSpec, tokens, tp, ep) -> list[Gemm]:
     return out
 
 
-def ffn_gemms(model: ModelSpec, tokens, tp, ep, moe: bool) -> list[Gemm]:
+def ffn_gemms(model: ModelSpec, tokens, tp, ep, moe: bool, load=1.0) -> list[Gemm]:
     """The feed-forward block's products: routed experts in an MoE layer, else the MLP."""
-    return (expert_gemms(model, tokens, tp, ep) if moe
+    return (expert_gemms(model, tokens, tp, ep, load) if moe
             else mlp_gemms(model, tokens, tp, model.ffn_hidden_size))
 
 

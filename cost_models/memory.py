@@ -22,7 +22,7 @@ from cost_models.params import (
     mtp_module_params,
 )
 from cost_models.pipeline import stage_layers
-from cost_models.plan_arrays import FULL_RECOMPUTE, PRECISION_CODES, PlanArrays
+from cost_models.plan_arrays import FULL_RECOMPUTE, PRECISION_CODES, PlanArrays, routed_copies
 from cost_models.specs import ModelSpec, Precision
 
 # Mixed-precision Adam, bytes per parameter (Megatron-LM docs/distrib_optimizer.md table:
@@ -126,7 +126,7 @@ def layer_activation_bytes_per_token(model: ModelSpec, plans: PlanArrays, moe: b
     # Q, K, V and the attention output, split by heads; MLA's latents on every rank
     attn = ACT_BYTES * (model.q_dim + model.k_dim + model.v_dim + model.o_dim)
     latents = ACT_BYTES * model.mla_latent_dim
-    copies = model.moe_topk if moe else 1
+    copies = routed_copies(model.moe_topk, plans) if moe else 1  # on the busiest expert rank
     f = model.moe_ffn_hidden_size if moe else model.ffn_hidden_size
     act_out = ACT_BYTES * copies * f
     mlp = ACT_BYTES * copies * (mats - 1) * f + act_out

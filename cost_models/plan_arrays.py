@@ -41,6 +41,7 @@ class PlanArrays:
     order: np.ndarray  # index into ORDERS
     grad_reduce_in_bf16: np.ndarray  # bool
     zero3_deepspeed: np.ndarray  # bool: plan.zero3_impl == "deepspeed"
+    moe_load_factor: np.ndarray  # float
 
     def __len__(self) -> int:
         return len(self.tp)
@@ -78,7 +79,8 @@ def from_plans(plans: Sequence[Plan]) -> PlanArrays:
         flash_attention=column("flash_attention", bool),
         order=np.array([ORDERS.index(p.order) for p in plans]),
         grad_reduce_in_bf16=column("grad_reduce_in_bf16", bool),
-        zero3_deepspeed=np.array([p.zero3_impl == "deepspeed" for p in plans], dtype=bool))
+        zero3_deepspeed=np.array([p.zero3_impl == "deepspeed" for p in plans], dtype=bool),
+        moe_load_factor=column("moe_load_factor", float))
 
 
 def to_plan(arrays: PlanArrays, i: int) -> Plan:
@@ -92,4 +94,11 @@ def to_plan(arrays: PlanArrays, i: int) -> Plan:
                 flash_attention=bool(arrays.flash_attention[i]),
                 order=ORDERS[int(arrays.order[i])],
                 grad_reduce_in_bf16=bool(arrays.grad_reduce_in_bf16[i]),
-                zero3_impl="deepspeed" if arrays.zero3_deepspeed[i] else "fsdp")
+                zero3_impl="deepspeed" if arrays.zero3_deepspeed[i] else "fsdp",
+                moe_load_factor=float(arrays.moe_load_factor[i]))
+
+
+def routed_copies(moe_topk: int, plans: PlanArrays) -> np.ndarray:
+    """Routed copies of each token the busiest expert-parallel rank processes: top-k on
+    average, times the plan's load factor (the rank every other one waits for)."""
+    return moe_topk * plans.moe_load_factor

@@ -7,6 +7,7 @@ print it as the one line a user sees. Standard library only.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -330,6 +331,12 @@ class Plan:
     # the sharding unit, gathered by NCCL over the group) or "deepspeed" (ZeRO-3's per-module
     # fetch hooks); the cost model's DP terms say how they differ. Ignored below zero 3.
     zero3_impl: str = "fsdp"
+    # Tokens the busiest expert-parallel rank processes in an MoE layer over the mean: 1.0
+    # when routing is balanced (Megatron-Core --moe-router-force-load-balancing), the capacity
+    # factor when experts are padded to capacity (--moe-pad-expert-input-to-capacity), the
+    # router's measured imbalance when dropless. Every rank waits for the busiest at the
+    # all-to-all, so its expert work and traffic set the pace. Ignored by dense models.
+    moe_load_factor: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "recompute", _enum("plan", "recompute", self.recompute,
@@ -347,6 +354,11 @@ class Plan:
                  "plan.sequence_parallel needs tp > 1")
         _require(self.zero3_impl in ZERO3_IMPLS, f"plan.zero3_impl={self.zero3_impl!r} must "
                  f"be one of {', '.join(ZERO3_IMPLS)}")
+        load = self.moe_load_factor
+        _require(isinstance(load, (int, float)) and not isinstance(load, bool)
+                 and math.isfinite(load) and load >= 1.0,
+                 f"plan.moe_load_factor={self.moe_load_factor!r} must be a number >= 1 (the "
+                 "busiest expert rank's tokens over the mean; 1: balanced routing)")
         _require(not self.grad_reduce_in_bf16 or self.precision != Precision.FP16,
                  "plan.grad_reduce_in_bf16 needs bf16 or fp8 (fp16 runs reduce in fp16)")
         per_step = self.micro_batch_size * self.dp

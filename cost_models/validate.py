@@ -11,7 +11,8 @@ the run was published (the first year found in `source`; rows without a year get
 software). The attention kernel is read from an optional `flash_attention` column (1/0), and
 bf16 gradient reduction from an optional `grad_reduce_in_bf16` column (1/0; default fp32),
 the ZeRO-3 implementation from an optional `zero3_impl` column (fsdp/deepspeed; default by
-year, see `zero3_impl`).
+year, see `zero3_impl`), and an MoE run's expert load imbalance from an optional
+`moe_load_factor` column (default 1: balanced).
 - FlashAttention appeared in May 2022 (Dao et al., arXiv:2205.14135); Megatron-LM gained
   `--use-flash-attn` in 2023: earlier runs use the unfused softmax kernels.
 - Selective recomputation and sequence parallelism were introduced by Korthikanti et al. 2022
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import math
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from cost_models.analytical import TIME_TERMS, estimate_batch
+from cost_models.catalog_clusters import cluster_for_run
 from cost_models.pipeline import interleaving
 from cost_models.plan_arrays import PlanArrays, from_plans, to_plan
 from cost_models.specs import ZERO3_IMPLS, ClusterSpec, ModelSpec, Plan, SpecError
@@ -136,6 +139,7 @@ def row_candidates(row: dict, model: ModelSpec) -> tuple[Plan, ...]:
     vpp_all = (vpp_all or (1,)) if pp > 1 else (1,)
     flash = uses_flash_attention(row)
     bf16_grads, impl = reduces_grads_in_bf16(row), zero3_impl(row)
+    load = moe_load_factor(row)
     modern = publication_year(row) >= MEGATRON_2022_FEATURES_YEAR
     space = itertools.product(
         _choices(row, "micro_batch_size", mbs_all), _choices(row, "vpp", vpp_all),
@@ -150,7 +154,8 @@ def row_candidates(row: dict, model: ModelSpec) -> tuple[Plan, ...]:
                               sequence_parallel=bool(sp) and tp > 1, recompute=recompute,
                               zero=zero, precision=row["precision"].strip(),
                               flash_attention=flash,
-                              grad_reduce_in_bf16=bf16_grads, zero3_impl=impl))
+                              grad_reduce_in_bf16=bf16_grads, zero3_impl=impl,
+                              moe_load_factor=load))
         except SpecError:
             continue
     if not plans:
@@ -180,6 +185,22 @@ def reduces_grads_in_bf16(row: dict) -> bool:
     return (row.get("grad_reduce_in_bf16") or "").strip() == "1"
 
 
+def moe_load_factor(row: dict) -> float:
+    """Optional column `moe_load_factor` (Plan.moe_load_factor); empty or absent: 1, the
+    balanced routing of a forced-balance benchmark (a dropless run's imbalance is not in
+    the schema, so such rows are predicted as if balanced unless the column says)."""
+    stated = (row.get("moe_load_factor") or "").strip()
+    if not stated:
+        return 1.0
+    try:
+        value = float(stated)
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value >= 1.0):
+        raise SpecError(f"moe_load_factor={stated!r} must be a number >= 1")
+    return value
+
+
 PYTORCH_FSDP_FIRST_YEAR = 2022
 
 
@@ -193,6 +214,16 @@ def zero3_impl(row: dict) -> str:
     if stated:
         return stated
     return "deepspeed" if publication_year(row) < PYTORCH_FSDP_FIRST_YEAR else "fsdp"
+
+
+def cluster_for_row(row: dict) -> ClusterSpec:
+    """The cluster a row ran on: its GPU, GPUs per node and NICs (catalog_clusters)."""
+    nics = (row.get("inter_node_nics") or "").strip() or None
+    try:
+        per_node = int(float(row["gpus_per_node"]))
+    except ValueError:
+        raise SpecError(f"gpus_per_node={row['gpus_per_node']!r} is not a number") from None
+    return cluster_for_run(row["gpu"].strip(), per_node, nics)
 
 
 def parse_rows(rows: list[dict], cluster_for_row: Callable[[dict], ClusterSpec]

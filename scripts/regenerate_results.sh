@@ -13,6 +13,12 @@ mkdir -p results/validation/unseen
 run results/validation/unseen/summary.txt autotune validate \
   cost_models/data/published_runs_unseen.csv --out results/validation/unseen/preds.csv \
   --report results/validation/unseen
+run results/validation/moe_load_factor.txt python -m cost_models.load_factor \
+  cost_models/data/published_runs_dev.csv \
+  zoo-qwen3-235b-s16k-forced:zoo-qwen3-235b-s16k-dropless \
+  zoo-qwen3-235b-s32k-forced:zoo-qwen3-235b-s32k-dropless \
+  zoo-qwen3-235b-s64k-forced:zoo-qwen3-235b-s64k-dropless \
+  zoo-qwen3-235b-s128k-forced:zoo-qwen3-235b-s128k-dropless
 run results/plans/500b_10000_dgx-h100.txt autotune --model 500b --gpus 10000 \
   --out results/plans/500b_10000_dgx-h100.json --plot results/plans/500b_10000
 run results/plans/500b_9984_dgx-h100.txt autotune --model 500b --gpus 9984 \

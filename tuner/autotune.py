@@ -51,6 +51,7 @@ def build_parser(prog: str = "autotune") -> argparse.ArgumentParser:
     k.add_argument("--grad-reduce-in-bf16", action="store_true",
                    help="keep and reduce gradients in bf16 (Megatron-LM --grad-reduce-in-bf16, "
                         "NeMo's choice; default fp32 as Megatron-LM)")
+    k.add_argument("--moe-load-factor", type=float, default=1.0, help=opt.MOE_LOAD_HELP)
     k.add_argument("--zero3-impl", choices=ZERO3_IMPLS, default="fsdp",
                    help="who shards ZeRO-3 plans: fsdp (Megatron-FSDP, the Megatron-LM "
                         "launcher; default) or deepspeed (DeepSpeed ZeRO-3, whose gathers the "
@@ -108,7 +109,8 @@ def _knobs(args: argparse.Namespace) -> Knobs:
     if args.no_sp:
         extra["sequence_parallel"] = (False,)
     return Knobs(**fields, **extra, max_pp=args.max_pp, max_tp=args.max_tp,
-                 grad_reduce_in_bf16=args.grad_reduce_in_bf16, zero3_impl=args.zero3_impl)
+                 grad_reduce_in_bf16=args.grad_reduce_in_bf16, zero3_impl=args.zero3_impl,
+                 moe_load_factor=args.moe_load_factor)
 
 
 def _batch_range(args: argparse.Namespace, seq_len: int) -> tuple[tuple[int, int], str]:

@@ -31,6 +31,7 @@ def build_parser(prog: str = "autotune predict") -> argparse.ArgumentParser:
     g.add_argument("--no-flash-attention", action="store_true")
     g.add_argument("--grad-reduce-in-bf16", action="store_true",
                    help="gradients kept and reduced in bf16 (Megatron-LM --grad-reduce-in-bf16)")
+    g.add_argument("--moe-load-factor", type=float, default=1.0, help=opt.MOE_LOAD_HELP)
     g.add_argument("--zero3-impl", choices=ZERO3_IMPLS, default="fsdp",
                    help="who shards under --zero 3: fsdp (Megatron-FSDP) or deepspeed")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -56,12 +57,16 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
                 sequence_parallel=args.sequence_parallel, recompute=args.recompute,
                 zero=args.zero, precision=args.precision, order=args.order,
                 flash_attention=not args.no_flash_attention,
-                grad_reduce_in_bf16=args.grad_reduce_in_bf16, zero3_impl=args.zero3_impl)
+                grad_reduce_in_bf16=args.grad_reduce_in_bf16, zero3_impl=args.zero3_impl,
+                moe_load_factor=args.moe_load_factor)
 
 
 def table(plan: Plan, est: Estimate) -> str:
     gib = 2**30
-    rows = [("plan", plan.name), ("step time", f"{est.step_time_s:.3f} s"),
+    rows = [("plan", plan.name)]
+    if plan.moe_load_factor != 1.0:
+        rows.append(("MoE load factor", f"{plan.moe_load_factor:g} (busiest expert rank)"))
+    rows += [("step time", f"{est.step_time_s:.3f} s"),
             ("MFU", f"{100 * est.mfu:.1f} %"),
             ("model TFLOP/s per GPU", f"{est.model_tflops_per_gpu:.1f}"),
             ("tokens/s", f"{est.tokens_per_s:,.0f}"),
@@ -89,6 +94,9 @@ def run(argv: list[str], prog: str = "autotune predict") -> int:
     from tuner.megatron import check_megatron
 
     check_megatron(model, plan)
+    if plan.moe_load_factor != 1.0 and not model.is_moe:
+        raise SpecError(f"--moe-load-factor {plan.moe_load_factor}: {model.name} is a dense "
+                        "model; the factor is the expert load imbalance of MoE models (drop it)")
     est = estimate(model, cluster, plan)
     if args.json:
         doc = {"plan": plan.name, "step_time_s": est.step_time_s, "mfu": est.mfu,

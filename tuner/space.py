@@ -19,6 +19,7 @@ Constraints (Megatron-Core's, plus the ones it lets through silently):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -50,6 +51,7 @@ class Knobs:
     max_tp: int | None = None
     grad_reduce_in_bf16: bool = False  # a numerics choice the user makes, not searched
     zero3_impl: str = "fsdp"  # the framework that shards under zero 3: the user's choice
+    moe_load_factor: float = 1.0  # the router's imbalance (Plan.moe_load_factor), not searched
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -198,7 +200,8 @@ def inner_candidates(space: Space, layout: Layout) -> PlanArrays:
         precision=full * PRECISION_CODES.index(space.precision),
         flash_attention=np.ones(n, dtype=bool), order=order[ok],
         grad_reduce_in_bf16=np.full(n, space.knobs.grad_reduce_in_bf16, dtype=bool),
-        zero3_deepspeed=np.full(n, space.knobs.zero3_impl == "deepspeed", dtype=bool))
+        zero3_deepspeed=np.full(n, space.knobs.zero3_impl == "deepspeed", dtype=bool),
+        moe_load_factor=np.full(n, float(space.knobs.moe_load_factor)))
 
 
 def check_space(space: Space) -> None:
@@ -207,6 +210,13 @@ def check_space(space: Space) -> None:
     if pinned_ep is not None and not space.model.is_moe and pinned_ep != (1,):
         raise SpecError(f"--ep {','.join(map(str, pinned_ep))}: {space.model.name} is a dense "
                         "model; expert parallelism needs experts (drop --ep)")
+    load = space.knobs.moe_load_factor
+    if not (math.isfinite(load) and load >= 1.0):
+        raise SpecError(f"--moe-load-factor {load!r} must be a number >= 1 (the busiest expert "
+                        "rank's tokens over the mean; 1: balanced routing)")
+    if load != 1.0 and not space.model.is_moe:
+        raise SpecError(f"--moe-load-factor {load!r}: {space.model.name} is a dense model; the "
+                        "factor is the expert load imbalance of MoE models (drop it)")
     if space.knobs.grad_reduce_in_bf16 and space.precision == Precision.FP16:
         raise SpecError("--grad-reduce-in-bf16 needs --precision bf16 or fp8 (fp16 runs "
                         "reduce gradients in fp16 already)")

@@ -16,13 +16,20 @@ from collections import defaultdict
 from pathlib import Path
 
 from cost_models.atomic import write_text_atomic
-from cost_models.catalog_clusters import cluster_for_run
 from cost_models.cli_args import Parser
 from cost_models.specs import SpecError
-from cost_models.validate import Row, Skipped, best_candidate, parse_rows, read_rows
+from cost_models.validate import (
+    Row,
+    Skipped,
+    best_candidate,
+    cluster_for_row,
+    parse_rows,
+    read_rows,
+)
 
 PLAN_COLUMNS = ("tp", "pp", "vpp", "dp", "cp", "ep", "micro_batch_size", "sequence_parallel",
-                "recompute", "zero", "zero3_impl", "flash_attention", "grad_reduce_in_bf16")
+                "recompute", "zero", "zero3_impl", "flash_attention", "grad_reduce_in_bf16",
+                "moe_load_factor")
 
 
 def build_parser(prog: str = "autotune validate") -> argparse.ArgumentParser:
@@ -32,14 +39,6 @@ def build_parser(prog: str = "autotune validate") -> argparse.ArgumentParser:
     p.add_argument("--report", help="folder for a Markdown table and a PNG plot")
     return p
 
-
-def cluster_for_row(row: dict):
-    nics = (row.get("inter_node_nics") or "").strip() or None
-    try:
-        per_node = int(float(row["gpus_per_node"]))
-    except ValueError:
-        raise SpecError(f"gpus_per_node={row['gpus_per_node']!r} is not a number") from None
-    return cluster_for_run(row["gpu"].strip(), per_node, nics)
 
 
 def predict_row(row: Row) -> dict:

@@ -10,13 +10,15 @@ from tuner.validate_cmd import build_parser as validate_parser
 SEARCH = {"--cluster", "--cp", "--ep", "--format", "--global-batch", "--global-batch-tokens",
           "--gpus", "--grad-reduce-in-bf16", "--help", "--max-pp", "--max-tp",
           "--memory-headroom", "--micro-batch",
-          "--model", "--no-alternatives", "--no-cp", "--no-sp", "--out", "--plot", "--pp",
+          "--model", "--moe-load-factor", "--no-alternatives", "--no-cp", "--no-sp", "--out",
+          "--plot", "--pp",
           "--precision", "--quiet", "--recompute", "--sampler", "--seed", "--seq-len",
           "--stale-after", "--storage", "--study-name", "--tokens", "--top-k", "--tp",
           "--trials", "--vpp", "--zero", "--zero3-impl", "-h"}
 PREDICT = {"--cluster", "--cp", "--dp", "--ep", "--global-batch", "--gpus",
            "--grad-reduce-in-bf16", "--help", "--json",
-           "--micro-batch", "--model", "--no-flash-attention", "--order", "--plan", "--pp",
+           "--micro-batch", "--model", "--moe-load-factor", "--no-flash-attention", "--order",
+           "--plan", "--pp",
            "--precision", "--recompute", "--seq-len", "--sequence-parallel", "--tp", "--vpp",
            "--zero", "--zero3-impl", "-h"}
 VALIDATE = {"--out", "--report", "--help", "-h"}
