@@ -36,7 +36,13 @@ from cost_models.flops import model_flops_per_token
 from cost_models.memory import memory_breakdown, stage_param_counts
 from cost_models.pipeline import inner_and_last_layers, last_stage_extra
 from cost_models.placement import group_ranks_per_node
-from cost_models.plan_arrays import PRECISION_CODES, PlanArrays, from_plans
+from cost_models.plan_arrays import (
+    FULL_RECOMPUTE,
+    MOE_RECOMPUTE,
+    PRECISION_CODES,
+    PlanArrays,
+    from_plans,
+)
 from cost_models.specs import ClusterSpec, Estimate, ModelSpec, Plan
 
 # Adam step: read and write the fp32 weight, m and v (24 B), read the fp32 gradient (4 B),
@@ -132,16 +138,32 @@ def hidden_comm_cost_s(comm_s, window_s) -> np.ndarray:
     return np.maximum(comm_s - window_s, 0.0) + NCCL_SM_FRACTION * hidden
 
 
-def _dp_exposed_s(model, cluster, plans, k, mb_compute_s, mb_recompute_s) -> np.ndarray:
+def intra_node_comm_s(plans: PlanArrays, k: dict, mb: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(forward, backward) seconds per micro-batch of the TP and EP collectives that stay
+    inside a node (NVLink): data-parallel traffic crosses the network and runs on the NICs
+    meanwhile. Each runs once forward, once backward and once more in a recomputed forward
+    (which runs inside the backward pass): the passes comm_terms counts."""
+    full = plans.recompute == FULL_RECOMPUTE
+    tp = np.where(k["tp"] >= plans.tp, mb["tp_comm"], 0.0)
+    ep = np.where(k["ep"] >= plans.ep, mb["ep_comm"], 0.0)
+    tp_passes = np.where(full, 3.0, 2.0)
+    ep_passes = np.where(full | (plans.recompute == MOE_RECOMPUTE), 3.0, 2.0)
+    forward = tp / tp_passes + ep / ep_passes
+    return forward, tp + ep - forward
+
+
+def _dp_exposed_s(model, cluster, plans, k, mb: dict) -> np.ndarray:
     """Recomputation runs inside the backward pass, so it widens the backward window (and,
-    under ZeRO-3, the micro-batch's window that its own re-gather needs)."""
+    under ZeRO-3, the micro-batch's window that its own re-gather needs); so do the
+    intra-node collectives of each pass (`intra_node_comm_s`)."""
     grad_s, weight_s = dp_comm_s(model, plans, k, cluster)
-    backward_window = mb_compute_s * 2.0 / 3.0 + mb_recompute_s
-    forward_window = mb_compute_s / 3.0
+    intra_forward, intra_backward = intra_node_comm_s(plans, k, mb)
+    backward_window = mb["compute"] * 2.0 / 3.0 + mb["recompute"] + intra_backward
+    forward_window = mb["compute"] / 3.0 + intra_forward
     overlapped = (hidden_comm_cost_s(grad_s, backward_window)
                   + hidden_comm_cost_s(weight_s, forward_window))
     zero3 = plans.num_microbatches * hidden_comm_cost_s(grad_s + weight_s,
-                                                        mb_compute_s + mb_recompute_s)
+                                                        forward_window + backward_window)
     return np.where(plans.zero == 3, zero3, overlapped)
 
 
@@ -161,8 +183,7 @@ def estimate_batch(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays) ->
     terms = {name: m * value for name, value in mb.items()}
     terms["pp_bubble"] = (plans.pp - 1) / plans.vpp * mb_total
     terms["pp_comm"] = pp_comm_s(model, plans, k["pp"], cluster)
-    terms["dp_comm"] = _dp_exposed_s(model, cluster, plans, k, mb["compute"],
-                                     mb["recompute"])
+    terms["dp_comm"] = _dp_exposed_s(model, cluster, plans, k, mb)
     terms["optimizer"] = _optimizer_s(model, cluster, plans)
     terms = {name: np.broadcast_to(np.asarray(terms[name], float), plans.tp.shape)
              for name in TIME_TERMS}

@@ -257,3 +257,34 @@ def test_multi_token_prediction_adds_a_layer_a_projection_and_the_head():
         more_weights = with_mtp.memory_breakdown_bytes["weights"] > \
             without.memory_breakdown_bytes["weights"]
         assert more_weights == (plan.pp == 1)  # MTP lives on the last stage, not the first
+
+
+def _zero3_window_case(ep: int):
+    """Qwen3-235B at 4K on 256 H100 under Megatron-FSDP (the ModelZoo's TP2 EP8 plan), and
+    the same with EP32, whose all-to-all leaves the node."""
+    from dataclasses import replace
+
+    from cost_models.analytical import estimate, hidden_comm_cost_s
+    from cost_models.comm_terms import dp_comm_s
+    from cost_models.placement import group_ranks_per_node
+
+    model = replace(model_preset("qwen3-235b-a22b"), seq_len=4096)
+    cluster = cluster_preset("dgx-h100")
+    plan = Plan(tp=2, dp=128, ep=ep, micro_batch_size=4, global_batch_size=2048,
+                sequence_parallel=True, recompute="full", zero=3)
+    arrays = from_plans([plan])
+    grad_s, weight_s = dp_comm_s(model, arrays, group_ranks_per_node(arrays, 8), cluster)
+    est = estimate(model, cluster, plan)
+    per_mb = {k: v / plan.num_microbatches for k, v in est.breakdown_s.items()}
+    return est, per_mb, grad_s[0] + weight_s[0], plan.num_microbatches, hidden_comm_cost_s
+
+
+def test_zero3_traffic_hides_behind_compute_and_intra_node_collectives_by_hand():
+    # EP8 and TP2 stay inside a node: the NICs carry the FSDP traffic while they run
+    est, mb, comm_s, m, hidden = _zero3_window_case(ep=8)
+    window = mb["compute"] + mb["recompute"] + mb["tp_comm"] + mb["ep_comm"]
+    assert est.breakdown_s["dp_comm"] == pytest.approx(m * hidden(comm_s, window), rel=1e-9)
+    # EP32 crosses nodes: its all-to-all competes for the NICs, so it is no window
+    est, mb, comm_s, m, hidden = _zero3_window_case(ep=32)
+    window = mb["compute"] + mb["recompute"] + mb["tp_comm"]
+    assert est.breakdown_s["dp_comm"] == pytest.approx(m * hidden(comm_s, window), rel=1e-9)

@@ -156,3 +156,12 @@ def test_unknown_zero3_impl_skips_the_row_with_the_reason(tmp_path):
                            str(out)], capture_output=True, text=True)
     assert "zero3_impl='fsdpp' is not one of fsdp, deepspeed" in done.stdout + done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_megatron_fsdp_traffic_hides_behind_intra_node_collectives(predictions):
+    """The ModelZoo's TP2 EP8 Megatron-FSDP run gathers its 57 GB of expert weights twice per
+    micro-batch over the NICs while EP8 and TP2 run on NVLink: with those collectives counted
+    in the window, it is within 10% (+20.5% with compute as the only window)."""
+    preds, _ = predictions
+    row = preds.set_index("id").loc["zoo-qwen3-235b-s4k-tp2pp1ep8"]
+    assert row.plan_zero == 3 and abs(row.err_pct) <= 10.0
