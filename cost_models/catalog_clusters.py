@@ -198,17 +198,49 @@ def parse_nics(text: str) -> tuple[int, float]:
     return int(match.group(1)), float(match.group(2))
 
 
+# GPU families the catalog knows, as written in papers and tables ("H100", "A100 80GB",
+# "H100-SXM5-80GB"); PCIe and NVL cards run at other clocks and links, so they are not aliases.
+_FAMILY_RE = re.compile(r"(?<![A-Z])(V100|A100|H100|H800|H200|B200|S4000)")
+_MEMORY_RE = re.compile(r"(\d+)\s*GB")
+_OTHER_FORM_RE = re.compile(r"PCIE|NVL\b|NVL\d")
+
+
+def recipe_for_gpu(gpu: str) -> NodeRecipe:
+    """The node recipe of a GPU named exactly as the catalog does, or by family and memory
+    (`H100`, `A100 80GB`, `h100-sxm-80gb`); SpecError when unknown or ambiguous."""
+    by_name = {recipe.gpu.name.lower(): recipe for recipe in _RECIPES}
+    exact = by_name.get(gpu.strip().lower())
+    if exact is not None:
+        return exact
+    known = ", ".join(sorted(r.gpu.name for r in _RECIPES))
+    text = gpu.upper()
+    family = _FAMILY_RE.search(text)
+    if family is None or _OTHER_FORM_RE.search(text):
+        raise SpecError(f"unknown gpu {gpu!r}; known: {known}")
+    matches = [r for r in _RECIPES if family.group(1) in r.gpu.name.upper()]
+    memory = _MEMORY_RE.search(text)
+    if memory:
+        matches = [r for r in matches if f"{memory.group(1)}GB" in r.gpu.name.upper()]
+    if not matches:
+        raise SpecError(f"unknown gpu {gpu!r}; known: {known}")
+    if len(matches) > 1:
+        raise SpecError(f"gpu {gpu!r} is ambiguous: name one of "
+                        f"{', '.join(r.gpu.name for r in matches)}")
+    return matches[0]
+
+
 def cluster_for_run(gpu: str, gpus_per_node: int, inter_node_nics: str | None) -> ClusterSpec:
     """The cluster of a published run (validation CSV columns gpu, gpus_per_node,
-    inter_node_nics). Empty NICs mean the standard node of that GPU (e.g. DGX A100 8x200G)."""
-    by_gpu = {recipe.gpu.name.lower(): recipe for recipe in _RECIPES}
-    recipe = by_gpu.get(gpu.strip().lower())
-    if recipe is None:
-        known = sorted(r.gpu.name for r in _RECIPES)
-        raise SpecError(f"unknown gpu {gpu!r}; known: {', '.join(known)}")
+    inter_node_nics). Empty NICs mean the standard node of that GPU (e.g. DGX A100 8x200G).
+    A node with another GPU count keeps each GPU's NVLink and network share
+    (ASSUMPTION: e.g. an 8-GPU V100 node as the DGX-2's links per GPU)."""
+    recipe = recipe_for_gpu(gpu)
+    if gpus_per_node < 1:
+        raise SpecError(f"gpus_per_node={gpus_per_node} must be >= 1")
     if gpus_per_node != recipe.gpus_per_node:
-        raise SpecError(f"gpu {gpu!r} with gpus_per_node={gpus_per_node}: only the "
-                        f"{recipe.gpus_per_node}-GPU node ({recipe.name}) is known")
+        nics = max(1, round(recipe.nics_per_node * gpus_per_node / recipe.gpus_per_node))
+        recipe = replace(recipe, name=f"{recipe.name}-{gpus_per_node}gpn",
+                         gpus_per_node=gpus_per_node, nics_per_node=nics)
     if inter_node_nics and inter_node_nics.strip():
         nics, gbit = parse_nics(inter_node_nics)
         if (nics, gbit) != (recipe.nics_per_node, recipe.nic_gbit_per_s):

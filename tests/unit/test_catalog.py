@@ -184,9 +184,30 @@ def test_cluster_for_run_with_other_nics_rescales_the_network():
     assert half.tiers[0] == standard.tiers[0]
 
 
+@pytest.mark.parametrize(("gpu", "expected"), [
+    ("H100", "dgx-h100"), ("NVIDIA H100 80GB HBM3", "dgx-h100"), ("h100-sxm-80gb", "dgx-h100"),
+    ("A100 80GB", "dgx-a100-80gb"), ("A100-SXM4-40GB", "dgx-a100-40gb"), ("H800", "h800"),
+    ("V100-SXM2-32GB", "dgx2-v100"), ("H200 141GB", "h200"), ("B200", "b200"),
+])
+def test_gpus_are_found_by_family_and_memory_as_papers_write_them(gpu, expected):
+    assert cluster_for_run(gpu, CLUSTERS[expected].gpus_per_node, "") == cluster_preset(expected)
+
+
+def test_another_gpu_count_per_node_keeps_each_gpus_links():
+    """An 8-GPU V100 node (DGX-1) as the DGX-2's per-GPU NVLink and network share."""
+    dgx2, dgx1 = cluster_preset("dgx2-v100"), cluster_for_run("V100-SXM2-32GB", 8, "")
+    assert dgx1.gpus_per_node == 8 and dgx1.nics_per_node == 4
+    assert dgx1.tiers[0].bandwidth_bytes_per_s == dgx2.tiers[0].bandwidth_bytes_per_s
+    assert dgx1.tiers[1].bandwidth_bytes_per_s == dgx2.tiers[1].bandwidth_bytes_per_s
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (("A200-SXM", 8, ""), "unknown gpu 'A200-SXM'; known: A100-SXM4-40GB"),
-    (("H100-SXM5-80GB", 4, ""), "gpus_per_node=4"),
+    (("A100", 8, ""), "ambiguous: name one of A100-SXM4-40GB, A100-SXM4-80GB"),
+    (("H100-PCIe-80GB", 8, ""), "unknown gpu"),  # other clocks and links: not an alias
+    (("GH200", 4, ""), "unknown gpu"),
+    (("V100 16GB", 8, ""), "unknown gpu"),
+    (("H100-SXM5-80GB", 0, ""), "gpus_per_node=0"),
     (("H100-SXM5-80GB", 8, "8x"), "not like '8x200G'"),
 ])
 def test_cluster_for_run_rejects_bad_input(args, message):
