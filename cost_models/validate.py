@@ -102,18 +102,36 @@ def row_model(row: dict) -> ModelSpec:
         hidden_size=_int(row, "hidden_size"), ffn_hidden_size=ffn,
         num_heads=_int(row, "num_heads"), num_kv_heads=_int(row, "num_kv_heads"),
         head_dim=_int(row, "head_dim", 0), seq_len=_int(row, "seq_len"),
-        vocab_size=_int(row, "vocab_size"), mlp=row["mlp"].strip() or "gelu",
+        vocab_size=_int(row, "vocab_size"),
+        mlp=MLP_ALIASES.get(_word(row, "mlp"), _word(row, "mlp")) or "gelu",
         num_experts=experts, moe_topk=_int(row, "moe_topk", 0) if moe else 0,
         moe_ffn_hidden_size=ffn if moe else 0,
         moe_shared_ffn_hidden_size=_int(row, "moe_shared_ffn_hidden_size", 0) if moe else 0,
         moe_layer_freq=float(row["moe_layer_freq"] or 0) if moe else 0.0)
 
 
+_BOOLEAN_WORDS = {"true": 1, "yes": 1, "on": 1, "false": 0, "no": 0, "off": 0}
+# MLP names as other tables write them (HF hidden_act "silu" is Llama's gated SwiGLU)
+MLP_ALIASES = {"squared_relu": "relu2", "squared-relu": "relu2", "relu^2": "relu2",
+               "silu": "swiglu", "swish": "swiglu", "gelu_new": "gelu"}
+
+
+def _word(row: dict, name: str) -> str:
+    return (row.get(name) or "").strip().lower()
+
+
 def _choices(row: dict, name: str, allowed: tuple) -> tuple:
-    text = row[name].strip()
+    text = _word(row, name)
     if text == "":
         return allowed
-    return (int(float(text)),) if isinstance(allowed[0], int) else (text,)
+    if not isinstance(allowed[0], int):
+        return (text,)
+    if text in _BOOLEAN_WORDS:
+        return (_BOOLEAN_WORDS[text],)
+    try:
+        return (int(float(text)),)
+    except ValueError:
+        raise SpecError(f"column {name}={row[name].strip()!r} is not a number") from None
 
 
 def recompute_choices(row: dict, model: ModelSpec, modern: bool) -> tuple[str, ...]:
@@ -146,20 +164,20 @@ def row_candidates(row: dict, model: ModelSpec) -> tuple[Plan, ...]:
         _choices(row, "sequence_parallel", (0, 1) if tp > 1 and modern else (0,)),
         recompute_choices(row, model, modern),
         _choices(row, "zero", (0, 1) if modern else (0,)))
-    plans = []
+    plans, reasons = [], []
     for mbs, vpp, sp, recompute, zero in space:
         try:
             plans.append(Plan(tp=tp, pp=pp, vpp=vpp, dp=dp, cp=cp, ep=_int(row, "ep", 1),
                               micro_batch_size=mbs, global_batch_size=gbs,
                               sequence_parallel=bool(sp) and tp > 1, recompute=recompute,
-                              zero=zero, precision=row["precision"].strip(),
+                              zero=zero, precision=_word(row, "precision"),
                               flash_attention=flash,
                               grad_reduce_in_bf16=bf16_grads, zero3_impl=impl,
                               moe_load_factor=load))
-        except SpecError:
-            continue
+        except SpecError as exc:
+            reasons.append(str(exc))
     if not plans:
-        raise SpecError("no plan is consistent with the printed knobs")
+        raise SpecError(f"no plan is consistent with the printed knobs ({reasons[0]})")
     return tuple(plans)
 
 

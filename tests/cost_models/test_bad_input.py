@@ -71,3 +71,31 @@ def test_row_that_cannot_be_modelled_is_skipped_with_reason(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "skipped narayanan21-t1-gpt-1p7b: column num_layers='many' is not a number" in \
         proc.stdout
+
+
+def test_cells_written_as_other_tables_write_them_are_read(tmp_path):
+    """Upper-case precision, true/false switches, HF-style MLP names and GPU families are
+    read as the schema's values; a cell that means nothing is skipped naming the cell."""
+    import csv
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[2] / "cost_models" / "data" / "published_runs_dev.csv"
+    rows = list(csv.DictReader(src.open()))
+    base = next(r for r in rows if r["id"] == "dgxc-llama31-70b-bf16-64g")
+    variants = {"as-published": {}, "upper": {"precision": "BF16", "recompute": "None"},
+                "words": {"sequence_parallel": "True", "mlp": "silu", "gpu": "H100"},
+                "bad-precision": {"precision": "tf32"}, "bad-switch": {"sequence_parallel": "?"}}
+    runs = tmp_path / "runs.csv"
+    with runs.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(base))
+        writer.writeheader()
+        for rid, cells in variants.items():
+            writer.writerow({**base, **cells, "id": rid})
+    out = tmp_path / "o.csv"
+    proc = autotune("validate", str(runs), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    preds = {r["id"]: float(r["pred_iter_time_s"]) for r in csv.DictReader(out.open())}
+    assert preds["upper"] == preds["words"] == preds["as-published"]
+    assert ("skipped bad-precision: no plan is consistent with the printed knobs "
+            "(plan.precision='tf32' is not one of: fp16, bf16, fp8)") in proc.stdout
+    assert "skipped bad-switch: column sequence_parallel='?' is not a number" in proc.stdout
