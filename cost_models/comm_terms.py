@@ -48,7 +48,12 @@ from bench.records import Collective
 from cost_models.comm import collective_time_s
 from cost_models.memory import ACT_BYTES, WEIGHT_BYTES, stage_param_counts
 from cost_models.pipeline import stage_layers
-from cost_models.plan_arrays import FULL_RECOMPUTE, MOE_RECOMPUTE, PlanArrays
+from cost_models.plan_arrays import (
+    FULL_RECOMPUTE,
+    MOE_RECOMPUTE,
+    PlanArrays,
+    busiest_rank_load,
+)
 from cost_models.specs import ClusterSpec, ModelSpec, Precision
 
 AR, AG, RS = Collective.ALL_REDUCE, Collective.ALL_GATHER, Collective.REDUCE_SCATTER
@@ -136,7 +141,7 @@ def ep_comm_per_layer_s(model: ModelSpec, plans: PlanArrays, k, cluster: Cluster
     size = np.where(nodes > 1, remote * n / np.maximum(n - kk, 1.0), local)
     redone = (plans.recompute == FULL_RECOMPUTE) | (plans.recompute == MOE_RECOMPUTE)
     passes = np.where(redone, 3.0, 2.0)
-    busiest = size * plans.moe_load_factor
+    busiest = size * busiest_rank_load(model.num_experts, model.moe_topk, plans)
     return 2.0 * passes * collective_time_s(A2A, busiest, plans.ep, k, cluster)
 
 

@@ -29,7 +29,13 @@ from cost_models.flops import (
 )
 from cost_models.gemm_curve import GemmCurve, curve_for, gemm_time_s
 from cost_models.params import mlp_matrices
-from cost_models.plan_arrays import FULL_RECOMPUTE, PRECISION_CODES, PlanArrays, routed_copies
+from cost_models.plan_arrays import (
+    FULL_RECOMPUTE,
+    PRECISION_CODES,
+    PlanArrays,
+    busiest_rank_load,
+    routed_copies,
+)
 from cost_models.specs import ClusterSpec, ModelSpec, Precision
 
 # Share of dense peak the flash-attention core reaches, forward and backward together.
@@ -131,7 +137,8 @@ def elementwise_bytes_per_token(model: ModelSpec, plans: PlanArrays, moe: bool) 
     tp_div = np.where(plans.sequence_parallel, plans.tp, 1)
     rotary = 2 * rotary_width(model)
     fp8 = plans.precision == PRECISION_CODES.index(Precision.FP8)
-    casts = np.where(fp8, fp8_cast_bytes_per_token(model, moe, plans.moe_load_factor), 0.0)
+    load = busiest_rank_load(model.num_experts, model.moe_topk, plans)
+    casts = np.where(fp8, fp8_cast_bytes_per_token(model, moe, load), 0.0)
     return (ELEMENT_BYTES * (15.0 * h / tp_div + rotary / plans.tp)
             + ffn_elementwise_bytes_per_token(model, plans, moe) + casts / plans.tp)
 
@@ -149,7 +156,7 @@ def ffn_elementwise_bytes_per_token(model: ModelSpec, plans: PlanArrays, moe: bo
     routed copy's activation plus the token permutation (copy in and out, 4h), on the
     busiest expert rank."""
     if moe:
-        act = routed_copies(model.moe_topk, plans) * (
+        act = routed_copies(model.num_experts, model.moe_topk, plans) * (
             mlp_matrices(model.mlp) * model.moe_ffn_hidden_size + 4 * model.hidden_size)
     else:
         act = mlp_matrices(model.mlp) * model.ffn_hidden_size
@@ -183,7 +190,8 @@ def layer_times(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays,
         return sum(grouped_gemm_time_s(g, peak, curve) for g in gemms)
 
     attention = products_s(attention_gemms(model, tokens, plans.tp))
-    ffn = products_s(ffn_gemms(model, tokens, plans.tp, plans.ep, moe, plans.moe_load_factor))
+    load = busiest_rank_load(model.num_experts, model.moe_topk, plans)
+    ffn = products_s(ffn_gemms(model, tokens, plans.tp, plans.ep, moe, load))
     flash_fwd, flash_bwd = flash_attention_s(model, cluster, plans, tokens)
     unfused_fwd, unfused_bwd = unfused_attention_s(model, cluster, plans, tokens, curve)
     bytes_moved = tokens * elementwise_bytes_per_token(model, plans, moe)
@@ -235,7 +243,7 @@ def selective_recompute_s(model: ModelSpec, cluster: ClusterSpec, plans: PlanArr
     tokens = plans.micro_batch_size * model.seq_len / plans.cp
     h = model.hidden_size
     tp_div = np.where(plans.sequence_parallel, plans.tp, 1)
-    copies = routed_copies(model.moe_topk, plans) if moe else 1
+    copies = routed_copies(model.num_experts, model.moe_topk, plans) if moe else 1
     f = model.moe_ffn_hidden_size if moe else model.ffn_hidden_size
     act = copies * mlp_matrices(model.mlp) * f / plans.tp if moe and not whole_moe else 0.0
     passes = ELEMENT_BYTES * (4.0 * h / tp_div + act)

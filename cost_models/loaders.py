@@ -33,6 +33,7 @@ from cost_models.catalog import MODELS, closest_names, model_preset
 from cost_models.catalog_clusters import CLUSTERS, cluster_preset
 from cost_models.catalog_sizes import is_size, model_from_size
 from cost_models.specs import (
+    MODEL_LIMITS,
     ClusterSpec,
     CollectiveLink,
     GpuSpec,
@@ -100,20 +101,32 @@ def _read_mapping(path: Path) -> dict:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpecError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise SpecError(f"{path}: cannot read ({error})") from None
+    except IsADirectoryError:
+        raise SpecError(f"{path}: is a directory; give the file (e.g. {path}/config.json)"
+                        ) from None
+    except UnicodeDecodeError:
+        raise SpecError(f"{path}: not UTF-8 text; save the file as UTF-8 JSON or YAML"
+                        ) from None
+    except OSError as error:
+        raise SpecError(f"{path}: cannot read ({error.strerror or error})") from None
     if path.suffix.lower() in (".yaml", ".yml"):
         import yaml
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as error:
             raise SpecError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+        except (RecursionError, ValueError):
+            raise SpecError(f"{path}: nested too deeply or a number too large to read; "
+                            "a model or cluster file is a flat object") from None
     else:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as error:
             raise SpecError(f"{path}: not valid JSON ({error.msg} at line {error.lineno} "
                             f"column {error.colno})") from None
+        except (RecursionError, ValueError):
+            raise SpecError(f"{path}: nested too deeply or a number too large to read; "
+                            "a model or cluster file is a flat object") from None
     return _require_mapping(data, str(path))
 
 
@@ -207,7 +220,7 @@ def _hf_int(data: dict, key: str, where: str, default: int | None = None) -> int
 
 def _hf_mlp(data: dict, where: str) -> Mlp:
     act = data.get("hidden_act", "silu")  # LlamaConfig / Qwen / Mixtral default
-    if act not in _HF_ACT:
+    if not isinstance(act, str) or act not in _HF_ACT:
         raise SpecError(f"{where}: hidden_act={act!r} is not supported; allowed: "
                         f"{', '.join(_HF_ACT)}")
     if _HF_ACT[act] == Mlp.GELU and str(data.get("model_type", "")).startswith("gemma"):
@@ -270,6 +283,9 @@ def model_from_hf_config(data: dict, *, where: str, name: str) -> ModelSpec:
     DeepSeek-V2/V3, Nemotron and other Llama-style configs). seq_len is
     max_position_embeddings; DeepSeek's num_nextn_predict_layers are its MTP depths."""
     layers = _hf_int(data, "num_hidden_layers", where)
+    if not 1 <= layers <= MODEL_LIMITS["num_layers"]:
+        raise SpecError(f"{where}: num_hidden_layers={layers} must be in "
+                        f"1..{MODEL_LIMITS['num_layers']:,}")
     heads = _hf_int(data, "num_attention_heads", where)
     ffn = _hf_int(data, "intermediate_size", where,
                   default=data.get("moe_intermediate_size") or None)

@@ -52,6 +52,20 @@ def _positive(owner: str, **values: float) -> None:
         _require(value > 0, f"{owner}.{name}={value!r} must be > 0")
 
 
+# Beyond any model trained or planned (the largest published: ~200 layers, hidden 25,600,
+# 256 experts, 1M-token contexts): a larger value is a typo, and would make the search run
+# for hours on arrays of absurd sizes.
+MODEL_LIMITS = {"num_layers": 10_000, "hidden_size": 1_000_000, "ffn_hidden_size": 10_000_000,
+                "num_heads": 100_000, "num_kv_heads": 100_000, "seq_len": 100_000_000,
+                "vocab_size": 100_000_000, "num_experts": 100_000}
+
+
+def _at_most(owner: str, limits: Mapping[str, int], **values: float) -> None:
+    for name, value in values.items():
+        _require(value <= limits[name], f"{owner}.{name}={value!r} is over {limits[name]:,}; "
+                 "check the value (no model this size is trained)")
+
+
 def _enum(owner: str, name: str, value: object, kind: type[StrEnum]) -> StrEnum:
     try:
         return kind(value)
@@ -107,6 +121,7 @@ class ModelSpec:
                   ffn_hidden_size=self.ffn_hidden_size, num_heads=self.num_heads,
                   num_kv_heads=self.num_kv_heads, seq_len=self.seq_len,
                   vocab_size=self.vocab_size, num_experts=self.num_experts)
+        _at_most(owner, MODEL_LIMITS, **{name: getattr(self, name) for name in MODEL_LIMITS})
         if self.head_dim == 0:
             _require(self.hidden_size % self.num_heads == 0,
                      f"{owner}.hidden_size={self.hidden_size} is not divisible by "
@@ -219,6 +234,11 @@ class GpuSpec:
                   hbm_bandwidth_bytes_per_s=self.hbm_bandwidth_bytes_per_s)
         _require(self.peak_bf16_flops >= 0 and self.peak_fp8_flops >= 0,
                  f"{owner}: peak FLOP/s must be >= 0 (0: not supported)")
+        _require(0.0 <= self.gemm_max_fraction <= 1.0,
+                 f"{owner}.gemm_max_fraction={self.gemm_max_fraction!r} must be in [0, 1] (a "
+                 "fraction of the peak; 0: the H100 measurement)")
+        _require(self.gemm_k_half >= 0 and self.gemm_overhead_s >= 0,
+                 f"{owner}: gemm_k_half and gemm_overhead_s must be >= 0")
 
     def dense_peak_flops(self, precision: Precision) -> float:
         """Dense peak FLOP/s at `precision`; 0 when the GPU has no such tensor cores."""
@@ -297,6 +317,12 @@ class ClusterSpec:
                  f"gpus_per_node={self.gpus_per_node}")
         _require(self.tiers[-1].domain_gpus == 0,
                  f"{owner}: the outermost tier must be unbounded (domain_gpus=0)")
+        bounded = [t.domain_gpus for t in self.tiers[:-1]]
+        _require(all(a < b for a, b in zip(bounded, bounded[1:])),
+                 f"{owner}: tier domains {bounded} must grow outwards (nvlink < leaf < ...)")
+        _require(self.nics_per_node >= 1 and self.nic_bandwidth_bytes_per_s > 0,
+                 f"{owner}: nics_per_node={self.nics_per_node} and nic_bandwidth_bytes_per_s="
+                 f"{self.nic_bandwidth_bytes_per_s} must be >= 1 and > 0")
 
 
 ZERO3_IMPLS = ("fsdp", "deepspeed")
@@ -335,7 +361,8 @@ class Plan:
     # when routing is balanced (Megatron-Core --moe-router-force-load-balancing), the capacity
     # factor when experts are padded to capacity (--moe-pad-expert-input-to-capacity), the
     # router's measured imbalance when dropless. Every rank waits for the busiest at the
-    # all-to-all, so its expert work and traffic set the pace. Ignored by dense models.
+    # all-to-all, so its expert work and traffic set the pace. Ignored by dense models; the
+    # cost model caps it at what routing allows (plan_arrays.busiest_rank_load).
     moe_load_factor: float = 1.0
 
     def __post_init__(self) -> None:

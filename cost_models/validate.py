@@ -78,36 +78,70 @@ def read_rows(path: Path) -> list[dict[str, str]]:
         raise SpecError(f"cannot read {path}: {exc}") from None
 
 
-def _int(row: dict, name: str, default: int | None = None) -> int:
-    text = row[name].strip()
-    if text == "":
-        if default is None:
-            raise SpecError(f"column {name} is empty")
-        return default
+def _cell(row: dict, name: str) -> str:
+    """A cell's text; a short row's missing cells are empty."""
+    value = row.get(name)
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _number(row: dict, name: str) -> float:
+    text = _cell(row, name)
     try:
         value = float(text)
     except ValueError:
         raise SpecError(f"column {name}={text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise SpecError(f"column {name}={text!r} is not a finite number")
+    return value
+
+
+def _int(row: dict, name: str, default: int | None = None) -> int:
+    if _cell(row, name) == "":
+        if default is None:
+            raise SpecError(f"column {name} is empty")
+        return default
+    value = _number(row, name)
     if value != int(value):
-        raise SpecError(f"column {name}={text!r} is not an integer")
+        raise SpecError(f"column {name}={_cell(row, name)!r} is not an integer")
     return int(value)
 
 
+def _count(row: dict, name: str, default: int | None = None) -> int:
+    """A size or degree: an integer >= 1."""
+    value = _int(row, name, default)
+    if value < 1:
+        raise SpecError(f"column {name}={value} must be >= 1")
+    return value
+
+
+def _flag(row: dict, name: str) -> bool | None:
+    """An optional 1/0 column (also true/false, yes/no); None when empty or absent."""
+    text = _word(row, name)
+    if text == "":
+        return None
+    if text in ("1", "1.0") or _BOOLEAN_WORDS.get(text) == 1:
+        return True
+    if text in ("0", "0.0") or _BOOLEAN_WORDS.get(text) == 0:
+        return False
+    raise SpecError(f"column {name}={_cell(row, name)!r} must be 1 or 0")
+
+
 def row_model(row: dict) -> ModelSpec:
-    experts = _int(row, "num_experts", 1)
+    experts = _count(row, "num_experts", 1)
     moe = experts > 1
-    ffn = _int(row, "ffn_hidden_size")
+    ffn = _count(row, "ffn_hidden_size")
     return ModelSpec(
-        name=row.get("model_name") or row["id"], num_layers=_int(row, "num_layers"),
-        hidden_size=_int(row, "hidden_size"), ffn_hidden_size=ffn,
-        num_heads=_int(row, "num_heads"), num_kv_heads=_int(row, "num_kv_heads"),
-        head_dim=_int(row, "head_dim", 0), seq_len=_int(row, "seq_len"),
-        vocab_size=_int(row, "vocab_size"),
+        name=_cell(row, "model_name") or _cell(row, "id"), num_layers=_count(row, "num_layers"),
+        hidden_size=_count(row, "hidden_size"), ffn_hidden_size=ffn,
+        num_heads=_count(row, "num_heads"), num_kv_heads=_count(row, "num_kv_heads"),
+        head_dim=_int(row, "head_dim", 0), seq_len=_count(row, "seq_len"),
+        vocab_size=_count(row, "vocab_size"),
         mlp=MLP_ALIASES.get(_word(row, "mlp"), _word(row, "mlp")) or "gelu",
         num_experts=experts, moe_topk=_int(row, "moe_topk", 0) if moe else 0,
         moe_ffn_hidden_size=ffn if moe else 0,
         moe_shared_ffn_hidden_size=_int(row, "moe_shared_ffn_hidden_size", 0) if moe else 0,
-        moe_layer_freq=float(row["moe_layer_freq"] or 0) if moe else 0.0)
+        moe_layer_freq=(_number(row, "moe_layer_freq") if _cell(row, "moe_layer_freq")
+                        else 0.0) if moe else 0.0)
 
 
 _BOOLEAN_WORDS = {"true": 1, "yes": 1, "on": 1, "false": 0, "no": 0, "off": 0}
@@ -128,10 +162,7 @@ def _choices(row: dict, name: str, allowed: tuple) -> tuple:
         return (text,)
     if text in _BOOLEAN_WORDS:
         return (_BOOLEAN_WORDS[text],)
-    try:
-        return (int(float(text)),)
-    except ValueError:
-        raise SpecError(f"column {name}={row[name].strip()!r} is not a number") from None
+    return (_int(row, name),)
 
 
 def recompute_choices(row: dict, model: ModelSpec, modern: bool) -> tuple[str, ...]:
@@ -148,8 +179,12 @@ def recompute_choices(row: dict, model: ModelSpec, modern: bool) -> tuple[str, .
 
 def row_candidates(row: dict, model: ModelSpec) -> tuple[Plan, ...]:
     """Every plan consistent with the row: printed knobs fixed, empty ones free."""
-    tp, pp, dp, cp = (_int(row, a) for a in ("tp", "pp", "dp", "cp"))
-    gbs = _int(row, "global_batch_size")
+    tp, pp, dp, cp = (_count(row, a) for a in ("tp", "pp", "dp", "cp"))
+    gbs = _count(row, "global_batch_size")
+    gpus = _count(row, "num_gpus")
+    if gpus != tp * pp * dp * cp:
+        raise SpecError(f"num_gpus={gpus} but tp*pp*dp*cp={tp * pp * dp * cp}; the schema "
+                        "needs them equal")
     per_rank = gbs // dp if gbs % dp == 0 else 1
     mbs_all = tuple(b for b in (1, 2, 4, 8, 16, 32) if per_rank % b == 0) or (1,)
     vpp_all = tuple(v for v in (1, 2, 3, 4, 6, 8)
@@ -167,7 +202,7 @@ def row_candidates(row: dict, model: ModelSpec) -> tuple[Plan, ...]:
     plans, reasons = [], []
     for mbs, vpp, sp, recompute, zero in space:
         try:
-            plans.append(Plan(tp=tp, pp=pp, vpp=vpp, dp=dp, cp=cp, ep=_int(row, "ep", 1),
+            plans.append(Plan(tp=tp, pp=pp, vpp=vpp, dp=dp, cp=cp, ep=_count(row, "ep", 1),
                               micro_batch_size=mbs, global_batch_size=gbs,
                               sequence_parallel=bool(sp) and tp > 1, recompute=recompute,
                               zero=zero, precision=_word(row, "precision"),
@@ -192,15 +227,15 @@ def publication_year(row: dict) -> int:
 
 
 def uses_flash_attention(row: dict) -> bool:
-    stated = (row.get("flash_attention") or "").strip()
-    if stated:
-        return stated == "1"
+    stated = _flag(row, "flash_attention")
+    if stated is not None:
+        return stated
     return publication_year(row) >= FLASH_ATTENTION_FIRST_YEAR
 
 
 def reduces_grads_in_bf16(row: dict) -> bool:
     """Optional column `grad_reduce_in_bf16` (1/0); empty or absent: Megatron-LM's fp32."""
-    return (row.get("grad_reduce_in_bf16") or "").strip() == "1"
+    return bool(_flag(row, "grad_reduce_in_bf16"))
 
 
 def moe_load_factor(row: dict) -> float:
@@ -236,26 +271,30 @@ def zero3_impl(row: dict) -> str:
 
 def cluster_for_row(row: dict) -> ClusterSpec:
     """The cluster a row ran on: its GPU, GPUs per node and NICs (catalog_clusters)."""
-    nics = (row.get("inter_node_nics") or "").strip() or None
-    try:
-        per_node = int(float(row["gpus_per_node"]))
-    except ValueError:
-        raise SpecError(f"gpus_per_node={row['gpus_per_node']!r} is not a number") from None
-    return cluster_for_run(row["gpu"].strip(), per_node, nics)
+    nics = _cell(row, "inter_node_nics") or None
+    return cluster_for_run(_cell(row, "gpu"), _count(row, "gpus_per_node"), nics)
 
 
 def parse_rows(rows: list[dict], cluster_for_row: Callable[[dict], ClusterSpec]
                ) -> Iterator[Row | Skipped]:
-    for row in rows:
-        rid = row.get("id", "?")
-        if row.get("usable", "").strip() != "1":
+    seen = set()
+    for number, row in enumerate(rows, start=2):  # line 1 is the header
+        rid = _cell(row, "id") or f"line {number}"
+        if _cell(row, "usable") != "1":
             yield Skipped(id=rid, reason="usable != 1")
             continue
+        if not _cell(row, "id") or rid in seen:
+            yield Skipped(id=rid, reason="id is empty" if not _cell(row, "id") else
+                          "duplicate id (an earlier row has it; ids must be unique)")
+            continue
+        seen.add(rid)
         try:
             model = row_model(row)
+            ref_s = _number(row, "ref_iter_time_s")
+            if ref_s <= 0:
+                raise SpecError(f"ref_iter_time_s={ref_s:g} must be > 0")
             yield Row(id=rid, model=model, cluster=cluster_for_row(row),
-                      candidates=row_candidates(row, model),
-                      ref_iter_time_s=float(row["ref_iter_time_s"]))
+                      candidates=row_candidates(row, model), ref_iter_time_s=ref_s)
         except (SpecError, ValueError, KeyError) as exc:
             yield Skipped(id=rid, reason=str(exc))
 

@@ -11,6 +11,7 @@ import sys
 from dataclasses import dataclass
 
 from cost_models.analytical import estimate
+from cost_models.atomic import ensure_folder
 from cost_models.cli_args import Parser
 from cost_models.gemm_curve import curve_for
 from cost_models.params import count_parameters
@@ -126,14 +127,29 @@ def _batch_range(args: argparse.Namespace, seq_len: int) -> tuple[tuple[int, int
         target = opt.DEFAULT_BATCH_TOKENS
         lo, hi = target * (1 - opt.DEFAULT_BATCH_SLACK), target * (1 + opt.DEFAULT_BATCH_SLACK)
         note = "default ~4M tokens +-25%"
+    if hi < seq_len:
+        raise SpecError(f"--global-batch-tokens {args.global_batch_tokens}: less than one "
+                        f"sequence of {seq_len} tokens")
     seqs = (max(int(lo // seq_len), 1), max(int(hi // seq_len), 1))
     return seqs, f"{note} = {seqs[0]}-{seqs[1]} sequences of {seq_len}"
 
 
+def _check_batch(gbs_range: tuple[int, int]) -> tuple[int, int]:
+    if gbs_range[1] > MAX_BATCH_SEQUENCES:
+        raise SpecError(f"global batch of {gbs_range[1]:,} sequences is over "
+                        f"{MAX_BATCH_SEQUENCES:,}; give a smaller --global-batch")
+    return gbs_range
+
+
+MAX_GPUS = 1_000_000  # the largest clusters hold ~200k GPUs; more is a typo
+MAX_BATCH_SEQUENCES = 10_000_000
+MAX_TRIALS = 1_000_000
+
+
 def _gpus(args: argparse.Namespace) -> int:
     if args.gpus is not None:
-        if args.gpus < 1:
-            raise SpecError(f"--gpus {args.gpus} must be >= 1")
+        if not 1 <= args.gpus <= MAX_GPUS:
+            raise SpecError(f"--gpus {args.gpus} must be in 1..{MAX_GPUS:,}")
         return args.gpus
     from tuner.slurm_env import SlurmEnvError, current_allocation
 
@@ -146,15 +162,28 @@ def _gpus(args: argparse.Namespace) -> int:
     return opt.DEFAULT_GPUS
 
 
+def check_flags(args: argparse.Namespace) -> None:
+    """Range checks argparse cannot express, before anything is loaded or searched."""
+    if args.top_k < 0:
+        raise SpecError(f"--top-k {args.top_k} must be >= 0")
+    for flag, value in (("--max-tp", args.max_tp), ("--max-pp", args.max_pp)):
+        if value is not None and value < 1:
+            raise SpecError(f"{flag} {value} must be >= 1")
+
+
 def build_request(args: argparse.Namespace) -> Request:
+    check_flags(args)
     model, cluster, default = opt.load_inputs(args)
     gbs_range, note = _batch_range(args, model.seq_len)
+    gbs_range = _check_batch(gbs_range)
     space = Space(model=model, cluster=cluster, num_gpus=_gpus(args),
                   global_batch_range=gbs_range, precision=Precision(args.precision),
                   knobs=_knobs(args))
     check_space(space)
     tokens = (opt.quantity(args.tokens, "--tokens") if args.tokens
               else opt.TOKENS_PER_PARAM * count_parameters(model))
+    if not 0 < tokens < math.inf:
+        raise SpecError(f"--tokens {args.tokens} must be a positive number of tokens (15T)")
     if not 0.0 <= args.memory_headroom < 1.0:
         raise SpecError(f"--memory-headroom {args.memory_headroom} must be in [0, 1)")
     return Request(model=model, cluster=cluster, default_cluster=default, space=space,
@@ -162,12 +191,14 @@ def build_request(args: argparse.Namespace) -> Request:
 
 
 def search(req: Request, args: argparse.Namespace) -> tuple[list[Ranked], dict[str, str]]:
+    if args.trials is not None and not 1 <= args.trials <= MAX_TRIALS:
+        raise SpecError(f"--trials {args.trials} must be in 1..{MAX_TRIALS:,}")
+    if args.stale_after is not None and not 0 < args.stale_after < math.inf:
+        raise SpecError(f"--stale-after {args.stale_after} must be > 0 seconds")
+    if not 0 <= args.seed < 2**32:
+        raise SpecError(f"--seed {args.seed} must be in 0..{2**32 - 1}")
     sampler = make_sampler(args.sampler, args.seed, shared=args.storage is not None)
     study = open_study(args.storage, args.study_name, sampler)
-    if args.trials is not None and args.trials < 1:
-        raise SpecError(f"--trials {args.trials} must be >= 1")
-    if args.stale_after is not None and args.stale_after <= 0:
-        raise SpecError(f"--stale-after {args.stale_after} must be > 0 seconds")
     recover_stale_trials(study, args.stale_after)
     # A bar when the search can take more than a moment: many layouts, or a storage whose
     # trials cost round trips (sqlite ~0.5 s each); never when output is not a terminal.
@@ -238,6 +269,8 @@ def text_report(req: Request, ranked: list[Ranked], args) -> str:
 def run(argv: list[str], prog: str = "autotune") -> int:
     args = build_parser(prog).parse_args(argv)
     req = build_request(args)
+    if args.plot:  # a folder that cannot be written fails before the plan file is written
+        ensure_folder(args.plot)
     ranked, infeasible = search(req, args)
     if not ranked:
         raise SpecError(no_plan_message(req, infeasible))

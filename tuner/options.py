@@ -55,6 +55,8 @@ def zero_list(text: str) -> tuple[int, ...]:
 
 def value_range(text: str, flag: str) -> tuple[float, float]:
     """'512' -> (512, 512); '384-640' -> (384, 640); suffixes allowed ('3M-5M')."""
+    if text.strip().startswith("-"):
+        raise SpecError(f"{flag} {text!r} must be positive (a value or a range LO-HI)")
     parts = text.split("-")
     if len(parts) not in (1, 2):
         raise SpecError(f"{flag} {text!r} must be a value or a range LO-HI")

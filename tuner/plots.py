@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from cost_models.analytical import TIME_TERMS
+from cost_models.atomic import ensure_folder
 from tuner.search import Ranked, best_per_layout, exhaustive_best
 
 SCALING_START_GPUS = 256
@@ -81,7 +82,6 @@ def scaling_png(path: Path, space, headroom: float) -> list[tuple[int, Ranked | 
 
 
 def write_plots(folder: str, req, ranked: list[Ranked], args) -> None:
-    out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_folder(folder)
     breakdown_png(out / "breakdown.png", ranked, args.top_k)
     scaling_png(out / "scaling.png", req.space, args.memory_headroom)

@@ -43,7 +43,9 @@ def _dp(args: argparse.Namespace) -> int:
         return args.dp
     if args.gpus is None:
         return 1
-    model_ranks = (args.tp or 1) * (args.pp or 1) * (args.cp or 1)
+    if args.gpus < 1:
+        raise SpecError(f"--gpus {args.gpus} must be >= 1")
+    model_ranks = max((args.tp or 1) * (args.pp or 1) * (args.cp or 1), 1)
     if args.gpus % model_ranks:
         raise SpecError(f"--gpus {args.gpus} is not divisible by tp*pp*cp={model_ranks}")
     return args.gpus // model_ranks
@@ -51,9 +53,14 @@ def _dp(args: argparse.Namespace) -> int:
 
 def plan_from_args(args: argparse.Namespace) -> Plan:
     dp = _dp(args)
-    gbs = args.global_batch or args.micro_batch * dp
-    return Plan(tp=args.tp or 1, pp=args.pp or 1, vpp=args.vpp or 1, dp=dp, cp=args.cp or 1,
-                ep=args.ep or 1, micro_batch_size=args.micro_batch, global_batch_size=gbs,
+    gbs = args.micro_batch * dp if args.global_batch is None else args.global_batch
+
+    def degree(value: int | None) -> int:
+        return 1 if value is None else value
+
+    return Plan(tp=degree(args.tp), pp=degree(args.pp), vpp=degree(args.vpp), dp=dp,
+                cp=degree(args.cp), ep=degree(args.ep), micro_batch_size=args.micro_batch,
+                global_batch_size=gbs,
                 sequence_parallel=args.sequence_parallel, recompute=args.recompute,
                 zero=args.zero, precision=args.precision, order=args.order,
                 flash_attention=not args.no_flash_attention,
@@ -81,9 +88,22 @@ def table(plan: Plan, est: Estimate) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
+def plan_file_conflicts(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """A plan file fixes the model and the plan: a flag that would change them is refused
+    rather than ignored (--cluster may name another cluster)."""
+    for action in parser._actions:
+        if action.dest in ("plan", "cluster", "json", "help") or not action.option_strings:
+            continue
+        if getattr(args, action.dest) != action.default:
+            raise SpecError(f"{action.option_strings[0]} cannot be combined with --plan (the "
+                            "plan file fixes it); drop it, or edit the plan file")
+
+
 def run(argv: list[str], prog: str = "autotune predict") -> int:
-    args = build_parser(prog).parse_args(argv)
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
     if args.plan:  # the plan file's model and cluster, unless --cluster names another
+        plan_file_conflicts(parser, args)
         loaded = load_plan(args.plan)
         model, plan, cluster = loaded.model, loaded.plan, loaded.cluster
         if args.cluster is not None:

@@ -9,6 +9,7 @@ worker that was killed.
 
 from __future__ import annotations
 
+import json
 import time
 
 import optuna
@@ -31,6 +32,9 @@ def open_storage(url: str | None) -> optuna.storages.BaseStorage | None:
             return JournalStorage(JournalFileBackend(path))
         except OSError as exc:
             raise SpecError(f"--storage {url!r}: cannot open the journal file: {exc}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # replays the log on open
+            raise SpecError(f"--storage {url!r} holds something other than an Optuna journal "
+                            f"({type(exc).__name__}); point it at a new file") from None
     if "://" not in url:
         raise SpecError(f"--storage {url!r} is not a storage URL; use journal:PATH or an RDB "
                         "URL such as sqlite:///study.db")

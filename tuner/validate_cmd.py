@@ -15,7 +15,7 @@ import io
 from collections import defaultdict
 from pathlib import Path
 
-from cost_models.atomic import write_text_atomic
+from cost_models.atomic import ensure_folder, write_text_atomic
 from cost_models.cli_args import Parser
 from cost_models.specs import SpecError
 from cost_models.validate import (
@@ -96,6 +96,8 @@ def to_csv(records: list[dict]) -> str:
 
 def run(argv: list[str], prog: str = "autotune validate") -> int:
     args = build_parser(prog).parse_args(argv)
+    if args.report:  # a folder that cannot be written fails before the predictions file
+        ensure_folder(args.report)
     raw = read_rows(Path(args.runs))
     by_id = {r.get("id", ""): r for r in raw}
     records, skipped = [], []

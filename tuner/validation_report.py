@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from cost_models.atomic import write_text_atomic
+from cost_models.atomic import ensure_folder, write_text_atomic
 
 
 def source_table(records: list[dict], rows: dict[str, dict]) -> list[str]:
@@ -33,7 +33,7 @@ def zero3_impl_tag(record: dict) -> str:
 
 def write_report(folder: Path, records: list[dict], checks: list, skipped: list,
                  argv: list[str], rows: dict[str, dict] | None = None) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
+    ensure_folder(folder)
     errors = [r["abs_err_pct"] for r in records]
     lines = [
         "# Cost-model validation against published runs", "",

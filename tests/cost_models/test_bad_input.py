@@ -99,3 +99,60 @@ def test_cells_written_as_other_tables_write_them_are_read(tmp_path):
     assert ("skipped bad-precision: no plan is consistent with the printed knobs "
             "(plan.precision='tf32' is not one of: fp16, bf16, fp8)") in proc.stdout
     assert "skipped bad-switch: column sequence_parallel='?' is not a number" in proc.stdout
+
+
+def _runs_with(tmp_path, *edits):
+    """The dev file's first row once per edit (a dict of cells, or a callable on the line)."""
+    import csv
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[2] / "cost_models" / "data" / "published_runs_dev.csv"
+    rows = list(csv.DictReader(src.open()))
+    runs = tmp_path / "runs.csv"
+    with runs.open("w", newline="") as handle:
+        extra = [c for cells in edits for c in cells if c not in rows[0]]
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) + extra)
+        writer.writeheader()
+        for i, cells in enumerate(edits):
+            writer.writerow({**rows[0], "id": f"r{i}", **cells})
+    return runs
+
+
+@pytest.mark.parametrize("cells, reason", [
+    ({"ref_iter_time_s": "0"}, "ref_iter_time_s=0 must be > 0"),
+    ({"ref_iter_time_s": "nan"}, "ref_iter_time_s='nan' is not a finite number"),
+    ({"dp": "0"}, "column dp=0 must be >= 1"),
+    ({"num_layers": "inf"}, "num_layers='inf' is not a finite number"),
+    ({"micro_batch_size": "inf"}, "micro_batch_size='inf' is not a finite number"),
+    ({"num_gpus": "7"}, "num_gpus=7 but tp*pp*dp*cp=32"),
+    ({"gpus_per_node": "-8"}, "gpus_per_node=-8 must be >= 1"),
+    ({"flash_attention": "maybe"}, "flash_attention='maybe' must be 1 or 0"),
+    ({"num_layers": "1e30"}, "is over 10,000"),
+])
+def test_bad_cells_skip_the_row_with_the_reason(tmp_path, cells, reason):
+    runs = _runs_with(tmp_path, cells, {})
+    proc = autotune("validate", str(runs), "--out", str(tmp_path / "o.csv"))
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "skipped r0: " in proc.stdout and reason in proc.stdout, proc.stdout
+    assert "predicted 1 runs, skipped 1" in proc.stdout
+
+
+def test_short_rows_duplicate_and_empty_ids_are_skipped_not_crashed(tmp_path):
+    runs = _runs_with(tmp_path, {}, {"id": "r0"}, {"id": ""})
+    lines = runs.read_text().splitlines()
+    runs.write_text("\n".join(lines + ["r9,Narayanan,GPT,24"]) + "\n")  # a short row
+    proc = autotune("validate", str(runs), "--out", str(tmp_path / "o.csv"))
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "skipped r0: duplicate id" in proc.stdout
+    assert "skipped line 4: id is empty" in proc.stdout
+    assert "skipped r9: usable != 1" in proc.stdout
+
+
+def test_an_unwritable_report_folder_leaves_no_predictions_file(tmp_path):
+    runs = _runs_with(tmp_path, {})
+    (tmp_path / "taken").write_text("")
+    out = tmp_path / "o.csv"
+    proc = autotune("validate", str(runs), "--out", str(out), "--report",
+                    str(tmp_path / "taken" / "report"))
+    assert_one_line_error(proc, "a file is in the way of this folder")
+    assert not out.exists()

@@ -129,3 +129,15 @@ def test_load_factor_command_prints_the_pairs():
     bad = subprocess.run([sys.executable, "-m", "cost_models.load_factor", DEV, "nocolon"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "FORCED_ID" in bad.stderr
+
+
+def test_the_busiest_rank_cannot_get_more_than_all_its_experts_tokens():
+    """Mixtral (8 experts, top-2) at EP8: a rank's one expert sees at most every token once,
+    4x the mean (num_experts / topk); at EP2, 2x (all tokens' copies for its 4 experts)."""
+    from cost_models.plan_arrays import busiest_rank_load
+
+    mixtral = model_preset("mixtral-8x22b")
+    plans = from_plans([Plan(dp=8, ep=ep, global_batch_size=8, moe_load_factor=f)
+                        for ep, f in ((8, 1e308), (8, 3.0), (2, 10.0), (1, 5.0))])
+    assert busiest_rank_load(mixtral.num_experts, mixtral.moe_topk, plans).tolist() == \
+        [4.0, 3.0, 2.0, 1.0]

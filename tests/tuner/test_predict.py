@@ -66,3 +66,27 @@ def test_zero3_implementation_flag_reaches_the_prediction_and_the_plan_file(tmp_
     assert doc["launch"]["megatron_args"] is None and doc["launch"]["deepspeed_config"]
     again = json.loads(autotune("predict", "--plan", str(plan), "--json").stdout)
     assert again["step_time_s"] == doc["prediction"]["step_time_s"]
+
+
+def _refused(*args):
+    proc = subprocess.run([sys.executable, "-m", "tuner", "predict", *args],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    return proc.stderr
+
+
+def test_flags_the_plan_file_fixes_are_refused_not_ignored(tmp_path):
+    plan = tmp_path / "plan.json"
+    autotune("--model", "llama3-8b", "--gpus", "8", "--out", str(plan), "--quiet",
+             "--no-alternatives")
+    for flags in (["--tp", "4"], ["--model", "llama3-70b"], ["--seq-len", "4096"],
+                  ["--precision", "fp16"], ["--recompute", "full"]):
+        assert "cannot be combined with --plan" in _refused("--plan", str(plan), *flags)
+    autotune("predict", "--plan", str(plan), "--cluster", "dgx-a100-80gb")  # allowed
+
+
+def test_zero_degrees_are_refused_not_taken_as_one():
+    for flag in ("--tp", "--pp", "--vpp", "--cp", "--global-batch"):
+        assert "must be > 0" in _refused("--model", "llama3-8b", flag, "0")
+    assert "--gpus 0 must be >= 1" in _refused("--model", "llama3-8b", "--gpus", "0")

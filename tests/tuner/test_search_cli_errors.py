@@ -18,13 +18,13 @@ BAD_REQUESTS = {
                                  "no (tp, pp, cp, ep) layout fits 7 GPUs"),
     "contradictory cp pins": (["--no-cp", "--cp", "2"], "--no-cp contradicts --cp"),
     "model fits no plan": (["--model", "1t", "--gpus", "8"], "no plan of dense-1t fits 8"),
-    "zero GPUs": (["--gpus", "0"], "--gpus 0 must be >= 1"),
+    "zero GPUs": (["--gpus", "0"], "--gpus 0 must be in 1..1,000,000"),
     "precision the GPU lacks": (["--model", "llama3-8b", "--gpus", "8", "--cluster",
                                  "dgx2-v100"], "no bf16 tensor cores; use --precision fp16"),
     "unknown flag": (["--bogus"], "unrecognized arguments: --bogus"),
     "bad sampler": (["--sampler", "grid"], "--sampler 'grid' is not one of"),
     "zero trials": (["--model", "llama3-8b", "--gpus", "8", "--trials", "0"],
-                    "--trials 0 must be >= 1"),
+                    "--trials 0 must be in 1..1,000,000"),
     "storage not a URL": (["--storage", "nowhere"], "is not a storage URL"),
     "journal in a missing folder": (["--storage", "journal:/nonexistent/dir/s.log"],
                                     "cannot open the journal file"),
@@ -34,6 +34,24 @@ BAD_REQUESTS = {
     "unknown ZeRO-3 implementation": (["--zero3-impl", "zero"], "invalid choice: 'zero'"),
     "bad stale threshold": (["--model", "llama3-8b", "--gpus", "8", "--storage", "{journal}"],
                             "PARTUNE_STALE_TRIAL_S"),
+    "journal of garbage": (["--model", "llama3-8b", "--gpus", "8", "--storage",
+                            "{garbage_journal}"], "holds something other than an Optuna journal"),
+    "absurd GPU count": (["--gpus", "1000000000000000"], "must be in 1..1,000,000"),
+    "absurd batch": (["--model", "llama3-8b", "--gpus", "8", "--global-batch", "1-99999999999"],
+                     "give a smaller --global-batch"),
+    "negative batch": (["--global-batch", "-4"], "must be positive"),
+    "batch under one sequence": (["--global-batch-tokens", "1"], "less than one sequence"),
+    "negative seed": (["--model", "llama3-8b", "--gpus", "8", "--seed", "-1"],
+                      "--seed -1 must be in 0..4294967295"),
+    "too many trials": (["--model", "llama3-8b", "--gpus", "8", "--trials", "99999999999"],
+                        "must be in 1..1,000,000"),
+    "zero tokens": (["--tokens", "0"], "must be a positive number of tokens"),
+    "negative top-k": (["--top-k", "-1"], "--top-k -1 must be >= 0"),
+    "max-tp below one": (["--max-tp", "0"], "--max-tp 0 must be >= 1"),
+    "plot folder blocked by a file": (["--model", "llama3-8b", "--gpus", "8", "--plot",
+                                       "{a_file}/plots"], "a file is in the way"),
+    "load factor on a dense model": (["--model", "llama3-8b", "--gpus", "8",
+                                      "--moe-load-factor", "1.5"], "is a dense model"),
 }
 
 
@@ -44,7 +62,11 @@ def test_bad_request_is_one_line_exit_2_and_no_plan_file(tmp_path, case):
     (tmp_path / "partial.json").write_text(json.dumps({"name": "x", "hidden_size": 64}))
     fill = {"{bad_json}": str(tmp_path / "bad.json"),
             "{partial_json}": str(tmp_path / "partial.json"),
-            "{journal}": f"journal:{tmp_path / 's.log'}"}
+            "{journal}": f"journal:{tmp_path / 's.log'}",
+            "{garbage_journal}": f"journal:{tmp_path / 'garbage.log'}",
+            "{a_file}/plots": str(tmp_path / "a-file" / "plots")}
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "garbage.log").write_text("this is not a journal\n{\n")
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     env = {"PARTUNE_STALE_TRIAL_S": "soon"} if case == "bad stale threshold" else None

@@ -134,7 +134,7 @@ def test_malformed_and_missing_files(tmp_path):
     fails(load_model, str(tmp_path / "absent.json"), match="absent.json: no such file")
     (tmp_path / "a-file").write_text("")
     fails(save_model, model_preset("llama3-8b"), tmp_path / "a-file" / "m.json",
-          match="m.json: cannot write")
+          match="a-file: a file is in the way of this folder")
     cluster_file = tmp_path / "cluster.json"
     save_cluster(cluster_preset("h800"), cluster_file)
     fails(load_model, str(cluster_file), match="this is a cluster profile, not a model")
@@ -289,3 +289,36 @@ def test_bad_cluster_profiles(tmp_path, where, value, message):
     good = cluster_to_dict(fitted_cluster(), provenance={}, fit={})
     path = write_json(tmp_path / "cluster.json", mutate(good, where, value))
     assert fails(load_cluster, path, match=message).startswith(path)
+
+
+def test_files_python_cannot_parse_are_one_line(tmp_path):
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    fails(load_model, str(deep), match="nested too deeply or a number too large")
+    huge = tmp_path / "huge.json"
+    huge.write_text('{"num_layers": ' + "9" * 5000 + "}")
+    fails(load_model, str(huge), match="nested too deeply or a number too large")
+    latin = tmp_path / "latin.json"
+    latin.write_bytes('{"name": "caf\u00e9"}'.encode("latin-1"))
+    fails(load_model, str(latin), match="not UTF-8 text")
+    fails(load_model, str(tmp_path), match="is a directory; give the file")
+
+
+def test_hf_config_with_odd_values_is_one_line(tmp_path):
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    write_json(folder / "config.json", {**LLAMA_70B_HF, "hidden_act": ["silu"]})
+    fails(load_model, str(folder / "config.json"), match="hidden_act=\\['silu'\\] is not")
+    write_json(folder / "config.json", {**LLAMA_70B_HF, "num_hidden_layers": 10**12})
+    fails(load_model, str(folder / "config.json"), match="num_hidden_layers=.* must be in")
+
+
+def test_cluster_profiles_with_impossible_values_are_refused(tmp_path):
+    good = cluster_to_dict(cluster_preset("dgx-h100"))
+    cases = [({"gpu": {**good["gpu"], "gemm_max_fraction": 5}}, "gemm_max_fraction=5"),
+             ({"nics_per_node": 0}, "nics_per_node=0"),
+             ({"tiers": [good["tiers"][0], {**good["tiers"][1], "domain_gpus": 4},
+                         good["tiers"][2]]}, "must grow outwards")]
+    for i, (change, message) in enumerate(cases):
+        path = write_json(tmp_path / f"c{i}.json", {**good, **change})
+        fails(load_cluster, path, match=message)
