@@ -21,6 +21,7 @@ from cost_models.cli_args import Parser
 from cost_models.specs import SpecError
 from cost_models.validate import Row, best_candidate, cluster_for_row, parse_rows, read_rows
 
+PROG = "python -m cost_models.load_factor"
 MAX_FACTOR = 8.0  # a busiest rank with 8x the mean tokens: beyond any published router
 TOLERANCE = 1e-4
 
@@ -55,12 +56,31 @@ def implied_factor(row: Row, ratio: float) -> float:
     return (low + high) / 2
 
 
-def analyse_pair(rows: dict[str, Row], forced_id: str, dropless_id: str) -> PairResult:
+# What must agree for two rows to be one plan that differs only in routing
+SAME_RUN_COLUMNS = ("num_layers", "hidden_size", "ffn_hidden_size", "seq_len", "num_experts",
+                    "moe_topk", "gpu", "num_gpus", "tp", "pp", "vpp", "dp", "cp", "ep",
+                    "micro_batch_size", "global_batch_size", "recompute", "precision")
+
+
+def analyse_pair(rows: dict[str, Row], forced_id: str, dropless_id: str,
+                 raw: dict[str, dict] | None = None) -> PairResult:
+    """`rows` holds the parsed rows; `raw` (optional) the CSV cells, to check the pair is
+    one plan."""
     for rid in (forced_id, dropless_id):
         if rid not in rows:
             raise SpecError(f"no usable row {rid!r} in the file")
+    if raw is not None:
+        differ = [c for c in SAME_RUN_COLUMNS
+                  if raw[forced_id].get(c, "").strip() != raw[dropless_id].get(c, "").strip()]
+        if differ:
+            raise SpecError(f"{forced_id} and {dropless_id} are not one plan (they differ in "
+                            f"{', '.join(differ)}); pair runs that differ only in routing")
     forced, dropless = rows[forced_id], rows[dropless_id]
     ratio = dropless.ref_iter_time_s / forced.ref_iter_time_s
+    if not ratio > 1.0:
+        raise SpecError(f"{dropless_id} ({dropless.ref_iter_time_s:g} s) is not slower than "
+                        f"{forced_id} ({forced.ref_iter_time_s:g} s): no imbalance to explain; "
+                        "give FORCED_ID:DROPLESS_ID in that order")
     at_one = step_time_s(dropless, 1.0) / dropless.ref_iter_time_s - 1.0
     return PairResult(forced_id, dropless_id, ratio, implied_factor(forced, ratio), at_one)
 
@@ -79,7 +99,7 @@ def report(results: list[PairResult]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="python -m cost_models.load_factor",
+    p = Parser(prog=PROG,
                description="The MoE load factor implied by forced-balance/dropless run pairs.")
     p.add_argument("runs", help="CSV in the published-runs schema")
     p.add_argument("pairs", nargs="+", metavar="FORCED_ID:DROPLESS_ID",
@@ -90,12 +110,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        rows = {r.id: r for r in parse_rows(read_rows(args.runs), cluster_for_row)
-                if isinstance(r, Row)}
+        raw = read_rows(args.runs)
+        parsed = list(parse_rows(raw, cluster_for_row))
+        rows = {r.id: r for r in parsed if isinstance(r, Row)}
+        skipped = {r.id: r.reason for r in parsed if not isinstance(r, Row)}
         pairs = [_pair(text) for text in args.pairs]
-        print(report([analyse_pair(rows, f, d) for f, d in pairs]))
+        for rid in (rid for pair in pairs for rid in pair if rid in skipped):
+            raise SpecError(f"row {rid!r} cannot be predicted: {skipped[rid]}")
+        cells = {(r.get("id") or "").strip(): r for r in raw}
+        print(report([analyse_pair(rows, f, d, cells) for f, d in pairs]))
     except SpecError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     return 0
 

@@ -141,3 +141,32 @@ def test_the_busiest_rank_cannot_get_more_than_all_its_experts_tokens():
                         for ep, f in ((8, 1e308), (8, 3.0), (2, 10.0), (1, 5.0))])
     assert busiest_rank_load(mixtral.num_experts, mixtral.moe_topk, plans).tolist() == \
         [4.0, 3.0, 2.0, 1.0]
+
+
+def _load_factor(*args):
+    return subprocess.run([sys.executable, "-m", "cost_models.load_factor", *args],
+                          capture_output=True, text=True)
+
+
+def test_load_factor_refuses_pairs_that_cannot_show_imbalance(tmp_path):
+    import csv
+
+    rows = list(csv.DictReader(open(DEV)))
+    forced = next(r for r in rows if r["id"] == "zoo-qwen3-235b-s16k-forced")
+    dropless = next(r for r in rows if r["id"] == "zoo-qwen3-235b-s16k-dropless")
+    runs = tmp_path / "runs.csv"
+    with runs.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(forced))
+        writer.writeheader()
+        writer.writerows([forced, dropless, {**dropless, "id": "other-tp", "tp": "8",
+                                             "dp": "4"},
+                          {**dropless, "id": "broken", "num_layers": "x"}])
+    cases = {"zoo-qwen3-235b-s16k-dropless:zoo-qwen3-235b-s16k-forced": "is not slower than",
+             "zoo-qwen3-235b-s16k-forced:other-tp": "are not one plan (they differ in tp, dp)",
+             "zoo-qwen3-235b-s16k-forced:broken": "row 'broken' cannot be predicted: column "
+                                                  "num_layers='x' is not a number"}
+    for pair, message in cases.items():
+        proc = _load_factor(str(runs), pair)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert proc.stderr.startswith("python -m cost_models.load_factor: error: ")
+        assert message in proc.stderr, proc.stderr
