@@ -240,13 +240,23 @@ def plan_doc(req: Request, best: Ranked, ranked: list[Ranked], args) -> dict:
                          alternatives=alternatives)
 
 
+def check_format(doc: dict, fmt: str) -> None:
+    """A framework that cannot run the plan is one line with the reason, before any output."""
+    reason = (doc["launch"].get("unsupported") or {}).get(fmt)
+    if reason:
+        raise SpecError(f"--format {fmt}: {reason}")
+
+
 def emit(doc: dict, fmt: str) -> None:
+    """The plan in the format asked for (check_format has passed)."""
     if fmt == "json":
         print(json.dumps(doc, indent=2))
-    elif fmt == "megatron":
-        print(shlex.join(doc["launch"]["megatron_args"] or []))
+        return
+    launch = doc["launch"]
+    if fmt == "megatron":
+        print(shlex.join(launch["megatron_args"] or []))
     elif fmt == "deepspeed":
-        print(json.dumps(doc["launch"]["deepspeed_config"], indent=2))
+        print(json.dumps(launch["deepspeed_config"], indent=2))
 
 
 def text_report(req: Request, ranked: list[Ranked], args) -> str:
@@ -275,6 +285,7 @@ def run(argv: list[str], prog: str = "autotune") -> int:
     if not ranked:
         raise SpecError(no_plan_message(req, infeasible))
     doc = plan_doc(req, ranked[0], ranked, args)
+    check_format(doc, args.format)
     if args.out:
         save_plan(doc, args.out)
     if args.plot:

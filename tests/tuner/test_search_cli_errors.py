@@ -48,6 +48,9 @@ BAD_REQUESTS = {
     "zero tokens": (["--tokens", "0"], "must be a positive number of tokens"),
     "negative top-k": (["--top-k", "-1"], "--top-k -1 must be >= 0"),
     "max-tp below one": (["--max-tp", "0"], "--max-tp 0 must be >= 1"),
+    "format the plan's framework cannot run": (
+        ["--model", "llama3-8b", "--gpus", "64", "--zero", "3", "--format", "deepspeed"],
+        "--format deepspeed: plan tp"),
     "plot folder blocked by a file": (["--model", "llama3-8b", "--gpus", "8", "--plot",
                                        "{a_file}/plots"], "a file is in the way"),
     "load factor on a dense model": (["--model", "llama3-8b", "--gpus", "8",
