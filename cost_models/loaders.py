@@ -140,7 +140,8 @@ def _check_schema(data: dict, where: str, required: bool) -> None:
         return
     if version != SCHEMA_VERSION:
         raise SpecError(f"{where}: schema_version={version!r}; this version of partune reads "
-                        f"schema_version {SCHEMA_VERSION}")
+                        f"schema_version {SCHEMA_VERSION} (a file partune-fit wrote, or one "
+                        f"with \"schema_version\": {SCHEMA_VERSION} and the ClusterSpec fields)")
 
 
 # --- models --------------------------------------------------------------------------------------

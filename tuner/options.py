@@ -36,13 +36,16 @@ def quantity(text: str, flag: str) -> float:
     return float(match.group(1)) * _SUFFIX[match.group(2).lower()]
 
 
+MAX_LIST_VALUE = 1_000_000  # a degree or micro-batch beyond any cluster
+
+
 def int_list(text: str, flag: str) -> tuple[int, ...]:
     try:
         values = tuple(int(v) for v in text.split(","))
     except ValueError:
         raise SpecError(f"{flag} {text!r} must be an integer or a comma list like 4,8") from None
-    if any(v < 1 for v in values):
-        raise SpecError(f"{flag} {text!r}: values must be >= 1")
+    if any(not 1 <= v <= MAX_LIST_VALUE for v in values):
+        raise SpecError(f"{flag} {text!r}: values must be in 1..{MAX_LIST_VALUE:,}")
     return values
 
 
