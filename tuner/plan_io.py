@@ -6,7 +6,10 @@
 
 The schema is documented in README.md ("The plan file"). A reader rejects a file whose
 `schema_version` differs from PLAN_SCHEMA_VERSION, a missing or mistyped field, and unknown
-fields in `model` or `plan`, each with one SpecError line naming the file and the field.
+fields in `model`, `plan` or `launch`, each with one SpecError line naming the file and the
+field. The `launch` section is type-checked whole (megatron_args a list of strings or null,
+megatron_env an object of strings, deepspeed_config an object or null, unsupported an object
+of reason strings), so a hand-edited file fails on loading, before a launcher writes anything.
 Standard library only.
 """
 
@@ -18,7 +21,7 @@ import json
 import math
 import numbers
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from enum import Enum
 from importlib import metadata
@@ -35,6 +38,8 @@ from tuner.megatron import megatron_args, megatron_env
 PLAN_SCHEMA_VERSION = 1
 PLAN_KIND = "partune.plan"
 SECONDS_PER_DAY = 86_400.0
+# How to get a good plan file: the main command (`autotune` without a subcommand searches).
+RECREATE_HINT = "re-create the file with `autotune --model MODEL --gpus N --out PLAN.json`"
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -263,6 +268,51 @@ def _check_prediction(prediction: Mapping[str, object]) -> None:
     _section(prediction, "time_to_train")
 
 
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _is_str_list(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _is_str_map(value: object) -> bool:
+    return isinstance(value, Mapping) and all(isinstance(item, str) for item in value.values())
+
+
+def _is_reasons(value: object) -> bool:
+    return _is_str_map(value) and set(value) <= {"megatron", "deepspeed"}
+
+
+# launch key: (accepts the stored value, what it must be); megatron_env and unsupported may
+# be absent (the launcher regenerates both from the plan), the other two are required.
+_LAUNCH_FIELDS: dict[str, tuple[Callable[[object], bool], str]] = {
+    "megatron_args": (lambda value: value is None or _is_str_list(value),
+                      "a list of strings, or null"),
+    "megatron_env": (_is_str_map, "an object of strings, e.g. {'CUDA_DEVICE_MAX_CONNECTIONS': "
+                     "'1'}"),
+    "deepspeed_config": (lambda value: value is None or isinstance(value, Mapping),
+                         "a JSON object, or null"),
+    "unsupported": (_is_reasons, "an object of reason strings keyed megatron/deepspeed"),
+}
+
+
+def _check_launch(launch: Mapping[str, object]) -> None:
+    """Type-check the launch section whole: one line naming the first bad field."""
+    unknown = sorted(set(launch) - set(_LAUNCH_FIELDS))
+    if unknown:
+        raise SpecError(f"launch has unknown field(s) {', '.join(unknown)} (it holds "
+                        f"{', '.join(_LAUNCH_FIELDS)}); {RECREATE_HINT}")
+    for key in ("megatron_args", "deepspeed_config"):
+        if key not in launch:
+            raise SpecError(f"launch.{key} is missing; {RECREATE_HINT}")
+    for key, (accepts, expected) in _LAUNCH_FIELDS.items():
+        if key in launch and not accepts(launch[key]):
+            raise SpecError(f"launch.{key}={_short(launch[key])} has the wrong type (expected "
+                            f"{expected}); {RECREATE_HINT}")
+
+
 def _cluster(block: Mapping[str, object]) -> ClusterSpec:
     profile = {key: value for key, value in block.items() if key != "gpu_memory_bytes"}
     cluster = cluster_from_dict(profile, "cluster")
@@ -280,16 +330,13 @@ def parse_plan(doc: object) -> LoadedPlan:
     version = doc.get("schema_version")
     if version != PLAN_SCHEMA_VERSION:
         raise SpecError(f"schema_version is {version!r}, this partune ({tool_version()}) reads "
-                        f"{PLAN_SCHEMA_VERSION}; re-run `autotune search` to write a new plan")
+                        f"{PLAN_SCHEMA_VERSION}; {RECREATE_HINT}")
     model = _spec_from_dict(ModelSpec, doc.get("model"), "model")
     plan = _spec_from_dict(Plan, doc.get("plan"), "plan")
     cluster, prediction = _cluster(_section(doc, "cluster")), _section(doc, "prediction")
     _check_prediction(prediction)
     _section(_section(doc, "provenance"), "cost_model")
-    launch = _section(doc, "launch")
-    for key in ("megatron_args", "deepspeed_config"):
-        if key not in launch:
-            raise SpecError(f"launch.{key} is missing")
+    _check_launch(_section(doc, "launch"))
     stored = _section(doc, "layout").get("num_gpus")
     if stored != plan.num_gpus:
         raise SpecError(f"layout.num_gpus={stored!r} does not match the plan's "
@@ -310,8 +357,7 @@ def load_plan(path: str | os.PathLike[str]) -> LoadedPlan:
         doc = json.loads(text)
     except json.JSONDecodeError as error:
         raise SpecError(f"plan file {name!r} is not valid JSON (line {error.lineno} column "
-                        f"{error.colno}: {error.msg}); re-create it with `autotune search`"
-                        ) from None
+                        f"{error.colno}: {error.msg}); {RECREATE_HINT}") from None
     try:
         return parse_plan(doc)
     except SpecError as error:

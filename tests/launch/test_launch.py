@@ -81,14 +81,18 @@ def test_flags_override_slurm_and_master_env(tmp_path):
     assert command[2 + len(head)] == "/opt/Megatron-LM/pretrain_gpt.py"
 
 
-def test_deepspeed_dry_run_writes_the_config_next_to_the_plan(tmp_path):
+def test_deepspeed_dry_run_writes_nothing_and_says_where_the_config_goes(tmp_path):
     path, doc = saved(tmp_path, LLAMA, LLAMA_8)
     env = subprocess_env(**SLURM_2x4)
     result = launch([str(path), "--framework", "deepspeed", "--dry-run", "--", "--lr", "3e-4"],
                     env)
     assert result.returncode == 0, result.stderr
     config_path = tmp_path / "plan.deepspeed.json"
-    assert json.loads(config_path.read_text()) == doc["launch"]["deepspeed_config"]
+    assert sorted(tmp_path.iterdir()) == [path]  # a dry run writes no file
+    assert result.stderr.count("\n") == 1
+    assert f"dry run: nothing written; a launch writes the DeepSpeed config to {config_path}" \
+        in result.stderr
+    assert result.stdout.count("\n") == 1
     command = shlex.split(result.stdout)
     head = torchrun_head(2, 4, "gpu07:29500", "4242")
     assert command[:len(head)] == head
@@ -100,13 +104,30 @@ def test_deepspeed_dry_run_writes_the_config_next_to_the_plan(tmp_path):
     ({"SLURM_JOB_NUM_NODES": "1", "SLURM_GPUS_ON_NODE": "4", "SLURM_JOB_NODELIST": "gpu07"},
      [], "1 node(s) x 4 GPUs = 4 GPUs but plan tp4.pp2.vpp1.dp1.cp1.ep1.mb1 needs "
          "tp*pp*dp*cp = 8"),
-    ({}, ["--nodes", "4", "--gpus-per-node", "8", "--master-addr", "h0"], "= 32 GPUs but"),
+    ({}, ["--nodes", "4", "--gpus-per-node", "8", "--master-addr", "h0"],
+     "= 32 GPUs but plan tp4.pp2.vpp1.dp1.cp1.ep1.mb1 needs tp*pp*dp*cp = 8; allocate 8 GPUs or "
+     "plan for 32 with `autotune --model MODEL --gpus 32 --out PLAN.json`"),
     ({}, [], "no allocation: run inside a Slurm job"),
     ({"SLURM_JOB_NUM_NODES": "2", "SLURM_GPUS_ON_NODE": "4"}, [],
      "2 nodes but no rendezvous host"),
     ({"SLURM_JOB_NUM_NODES": "two", "SLURM_GPUS_ON_NODE": "4"}, [],
      "SLURM_JOB_NUM_NODES='two' is not a whole number"),
     ({}, ["--nodes", "0", "--gpus-per-node", "8"], "--nodes must be >= 1"),
+    ({}, ["--nodes", "1", "--gpus-per-node", "8", "--master-port", "70000"],
+     "--master-port 70000 is not a TCP port; pass a port in 1..65535"),
+    ({}, ["--nodes", "1", "--gpus-per-node", "8", "--master-port", "0"],
+     "--master-port 0 is not a TCP port"),
+    ({"MASTER_PORT": "70000"}, ["--nodes", "1", "--gpus-per-node", "8"],
+     "MASTER_PORT=70000 is not a TCP port; set it to a port in 1..65535 or pass --master-port"),
+    ({"MASTER_PORT": "0"}, ["--nodes", "1", "--gpus-per-node", "8"],
+     "MASTER_PORT=0 is not a TCP port"),
+    ({"MASTER_PORT": "x"}, ["--nodes", "1", "--gpus-per-node", "8"],
+     "MASTER_PORT='x' is not a whole number; set it to a port in 1..65535"),
+    ({}, ["--nodes", "1", "--gpus-per-node", "8", "--script", ""],
+     "--script is empty; pass the training script's path, or leave --script out"),
+    ({}, ["--nodes", "1", "--gpus-per-node", "8", "--script", " "], "--script is empty"),
+    ({}, ["--nodes", "1", "--gpus-per-node", "8", "--master-addr", ""],
+     "--master-addr is empty; pass the rendezvous host"),
     ({}, ["--framework", "jax"], "argument --framework: invalid choice: 'jax'"),
     ({}, ["--bogus"], "unrecognized arguments: --bogus"),
 ])

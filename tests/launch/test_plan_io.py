@@ -117,7 +117,7 @@ def test_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path, monkeypatch
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(plan_io.os, "fsync", crash)
-    with pytest.raises(OSError):
+    with pytest.raises((OSError, SpecError)):  # SpecError where atomic.py reports it in a line
         save_plan(document(*PLANS[0]), path)
     assert path.read_text() == "old content\n"
     assert os.listdir(tmp_path) == ["plan.json"]
@@ -157,6 +157,7 @@ def _edit(doc, dotted, value):
 
 @pytest.mark.parametrize(("dotted", "value", "expected"), [
     ("schema_version", 2, "schema_version is 2, this partune"),
+    ("schema_version", 2, "; re-create the file with `autotune --model MODEL --gpus N --out "),
     ("schema_version", KeyError, "schema_version is None"),
     ("plan.global_batch_size", KeyError, "plan.global_batch_size is missing"),
     ("plan.tp", "8", "plan.tp='8' has the wrong type"),
@@ -169,7 +170,26 @@ def _edit(doc, dotted, value):
     ("prediction.mfu", KeyError, "prediction.mfu is missing or not a number"),
     ("prediction.breakdown_s", KeyError, "'breakdown_s' is missing"),
     ("provenance.cost_model", KeyError, "'cost_model' is missing"),
-    ("launch.megatron_args", KeyError, "launch.megatron_args is missing"),
+    ("launch.megatron_args", KeyError, "launch.megatron_args is missing; re-create the file"),
+    ("launch.megatron_args", "--tp 8", "launch.megatron_args='--tp 8' has the wrong type "
+     "(expected a list of strings, or null); re-create the file with `autotune --model"),
+    ("launch.megatron_args", [1, 2], "launch.megatron_args=[1, 2] has the wrong type"),
+    ("launch.megatron_args", {"a": 1}, "launch.megatron_args={'a': 1} has the wrong type"),
+    ("launch.megatron_env", ["A=1"], "launch.megatron_env=['A=1'] has the wrong type "
+     "(expected an object of strings"),
+    ("launch.megatron_env", "A=1", "launch.megatron_env='A=1' has the wrong type"),
+    ("launch.megatron_env", {"A": 1}, "launch.megatron_env={'A': 1} has the wrong type"),
+    ("launch.megatron_env", None, "launch.megatron_env=None has the wrong type"),
+    ("launch.deepspeed_config", "str", "launch.deepspeed_config='str' has the wrong type "
+     "(expected a JSON object, or null)"),
+    ("launch.deepspeed_config", [], "launch.deepspeed_config=[] has the wrong type"),
+    ("launch.unsupported", ["x"], "launch.unsupported=['x'] has the wrong type (expected an "
+     "object of reason strings keyed megatron/deepspeed)"),
+    ("launch.unsupported", "nope", "launch.unsupported='nope' has the wrong type"),
+    ("launch.unsupported", {"jax": "no"}, "launch.unsupported={'jax': 'no'} has the wrong"),
+    ("launch.unsupported", {"deepspeed": 3}, "launch.unsupported={'deepspeed': 3} has the"),
+    ("launch.megatron_arg", [], "launch has unknown field(s) megatron_arg (it holds "
+     "megatron_args, megatron_env, deepspeed_config, unsupported)"),
     ("layout.num_gpus", 64, "layout.num_gpus=64 does not match"),
     ("cluster.gpu_memory_bytes", KeyError, "cluster.gpu_memory_bytes is missing"),
     ("cluster.gpu_memory_bytes", 1, "cluster.gpu_memory_bytes=1 does not match"),
@@ -189,6 +209,7 @@ def test_malformed_plan_is_one_spec_error_line(tmp_path, dotted, value, expected
 
 @pytest.mark.parametrize(("text", "expected"), [
     ('{"schema_version": 1, "plan": ', "is not valid JSON (line 1 column 31"),
+    ("{", "; re-create the file with `autotune --model MODEL --gpus N --out PLAN.json`"),
     ("", "is not valid JSON"),
     ("[1, 2]", "the top level must be a JSON object"),
     (b"\xff\xfe\x00", "cannot read plan file"),
