@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shlex
@@ -17,7 +18,7 @@ import time
 from collections import Counter
 
 from bench.collectives import DTYPE_BYTES, MPI_DTYPES, P2P_MODES
-from bench.dist import BACKENDS, MPICH_ALGORITHMS, connect, node_name
+from bench.dist import BACKENDS, MPICH_ALGORITHMS, BackendUnavailable, connect, node_name
 from bench.groups import LAYOUTS, LayoutError, make_groups
 from bench.records import (
     RANK_REDUCE,
@@ -31,6 +32,7 @@ from bench.records import (
 from bench.sweep import SweepConfig, Watchdog, parse_size, run_sweep, sizes
 from cost_models.cli_args import Parser
 
+PROG = "partune-bench"  # the console script (pyproject.toml); also python -m bench
 EXIT_USAGE = 2  # bad input and failed runs: one line on stderr, exit code 2
 ENV_KEPT = ("NCCL_ALGO", "NCCL_PROTO", "NCCL_IB_HCA", "NCCL_SOCKET_IFNAME",
             "GLOO_SOCKET_IFNAME", "UCX_TLS", "OMP_NUM_THREADS", "SLURM_JOB_ID",
@@ -46,12 +48,18 @@ class UsageError(Exception):
     """Bad command-line input; the message is the one line the user sees."""
 
 
-def _csv(kind):
-    return lambda text: tuple(kind(x) for x in text.split(",") if x)
+def _csv(kind, what: str):
+    """A comma-list argument type; an empty list is refused later, with the flag's name."""
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(kind(x.strip()) for x in text.split(",") if x.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of {what}") from None
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="python -m bench", description=__doc__.split("\n")[0])
+    p = Parser(prog=PROG, description=__doc__.split("\n")[0])
     p.add_argument("collectives", help="comma list of " + ", ".join(c.value for c in Collective)
                    + ", or 'all'")
     p.add_argument("-b", "--minbytes", default="8", help="smallest size (K/M/G suffixes)")
@@ -59,13 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--stepfactor", type=float, default=2.0, help="size multiplier")
     p.add_argument("-n", "--iters", type=int, default=20, help="timed iterations per size")
     p.add_argument("-w", "--warmup-iters", type=int, default=5)
-    p.add_argument("-d", "--dtype", type=_csv(str), default=("float32",),
+    p.add_argument("-d", "--dtype", type=_csv(str, "names"), default=("float32",),
                    help="comma list of " + ", ".join(DTYPE_BYTES))
     p.add_argument("--backend", choices=BACKENDS, default=None,
                    help="gloo (CPU), nccl (GPU) or mpi (mpi4py); default nccl with GPUs")
-    p.add_argument("-g", "--group-size", type=_csv(int), default=(0,),
+    p.add_argument("-g", "--group-size", type=_csv(int, "integers"), default=(0,),
                    help="comma list of group sizes; 0 = the whole world")
-    p.add_argument("--layout", type=_csv(str), default=("consecutive",),
+    p.add_argument("--layout", type=_csv(str, "names"), default=("consecutive",),
                    help="comma list of " + ", ".join(LAYOUTS[1:]))
     p.add_argument("--one-group", action="store_true",
                    help="run only the first group (default: all groups at once)")
@@ -81,32 +89,52 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args) -> SweepConfig:
-    try:
-        names = [c.value for c in Collective] if args.collectives == "all" else \
-            args.collectives.split(",")
-        collectives = tuple(Collective(c) for c in names)
-    except ValueError:
-        raise UsageError(f"unknown collective in {args.collectives!r}; use "
-                         + ", ".join(c.value for c in Collective) + " or all") from None
-    bad = [d for d in args.dtype if d not in DTYPE_BYTES or
-           (args.backend == "mpi" and d not in MPI_DTYPES)]
-    if bad:
-        allowed = MPI_DTYPES if args.backend == "mpi" else tuple(DTYPE_BYTES)
-        raise UsageError(f"--dtype {bad[0]!r} is not one of {', '.join(allowed)}")
-    if any(lay not in LAYOUTS for lay in args.layout):
-        raise UsageError(f"--layout {','.join(args.layout)!r}: use {', '.join(LAYOUTS[1:])}")
-    if args.iters < 1 or args.warmup_iters < 0 or args.timeout <= 0:
-        raise UsageError("--iters must be >= 1, --warmup-iters >= 0 and --timeout > 0")
+    collectives = _collectives(args.collectives)
+    _check_lists(args)
+    _check_numbers(args)
     try:
         size_list = sizes(parse_size(args.minbytes), parse_size(args.maxbytes),
                           args.stepfactor)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     return SweepConfig(collectives=collectives, sizes_bytes=tuple(size_list),
-                       dtypes=args.dtype, group_sizes=args.group_size, layouts=args.layout,
-                       concurrent=not args.one_group, warmup=args.warmup_iters,
-                       iters=args.iters, p2p=args.p2p, timeout_s=args.timeout,
-                       check=bool(args.check))
+                       dtypes=tuple(args.dtype), group_sizes=tuple(args.group_size),
+                       layouts=tuple(args.layout), concurrent=not args.one_group,
+                       warmup=args.warmup_iters, iters=args.iters, p2p=args.p2p,
+                       timeout_s=args.timeout, check=bool(args.check))
+
+
+def _collectives(text: str) -> tuple[Collective, ...]:
+    try:
+        names = [c.value for c in Collective] if text == "all" else text.split(",")
+        return tuple(Collective(c) for c in names)
+    except ValueError:
+        raise UsageError(f"unknown collective in {text!r}; use "
+                         + ", ".join(c.value for c in Collective) + " or all") from None
+
+
+def _check_lists(args) -> None:
+    """--dtype, --group-size and --layout: non-empty lists of known values."""
+    allowed = MPI_DTYPES if args.backend == "mpi" else tuple(DTYPE_BYTES)
+    for flag, values, choices in (("--dtype", args.dtype, allowed),
+                                  ("--layout", args.layout, LAYOUTS[1:])):
+        if not values:
+            raise UsageError(f"{flag} is empty; give a comma list of {', '.join(choices)}")
+    bad = [d for d in args.dtype if d not in allowed]
+    if bad:
+        raise UsageError(f"--dtype {bad[0]!r} is not one of {', '.join(allowed)}")
+    if any(lay not in LAYOUTS for lay in args.layout):
+        raise UsageError(f"--layout {','.join(args.layout)!r}: use {', '.join(LAYOUTS[1:])}")
+    if not args.group_size or min(args.group_size) < 0:
+        raise UsageError(f"--group-size {','.join(map(str, args.group_size))!r}: give a comma "
+                         "list of group sizes >= 0 (0: the whole world), e.g. 0,2")
+
+
+def _check_numbers(args) -> None:
+    if args.iters < 1 or args.warmup_iters < 0:
+        raise UsageError("--iters must be >= 1 and --warmup-iters >= 0")
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise UsageError(f"--timeout {args.timeout:g} must be a finite number of seconds > 0")
 
 
 def default_backend() -> str:
@@ -137,12 +165,17 @@ def check_layouts(cfg: SweepConfig, world_size: int) -> None:
 
 
 def open_results(path: str, resume: bool, header: dict) -> tuple[ResultsWriter, set]:
-    """Rank 0: the writer, and the points already measured when resuming."""
-    done: set = set()
+    """Rank 0: the writer, and the points already measured when resuming. Resuming needs the
+    same backend, world size and sweep settings as the file's header: its points are skipped
+    by identity, so other settings would mix two sweeps under one header."""
+    if os.path.isdir(path):
+        raise UsageError(f"--output {path} is a directory; name a results file, e.g. "
+                         f"{os.path.join(path, 'run.jsonl')}")
     exists = os.path.exists(path) and os.path.getsize(path) > 0
     if exists and not resume:
         raise UsageError(f"{path} already exists; pass --resume to continue that sweep or "
                          "choose another --output")
+    done: set = set()
     if exists:
         try:
             old = read_results(path)
@@ -152,16 +185,56 @@ def open_results(path: str, resume: bool, header: dict) -> tuple[ResultsWriter, 
             if old.header.get(key) != header[key]:
                 raise UsageError(f"cannot resume {path}: it was measured with {key}="
                                  f"{old.header.get(key)!r}, this run has {header[key]!r}")
+        check_same_sweep(path, old.header, header)
         done = {m.key() for m in old.measurements if m.wrong == 0}
     return ResultsWriter(path, header), done
+
+
+def sweep_settings(args: object) -> dict | None:
+    """What a sweep measures, by flag, from a header's `args` (None when they cannot be read:
+    a header written by hand or by an older version)."""
+    if not isinstance(args, dict):
+        return None
+    try:
+        cfg = config_from_args(argparse.Namespace(**args))
+    except (UsageError, AttributeError, TypeError, ValueError):
+        return None
+    return {"collectives": cfg.collectives, "sizes (-b/-e/-f)": cfg.sizes_bytes,
+            "--dtype": cfg.dtypes, "--group-size": cfg.group_sizes, "--layout": cfg.layouts,
+            "--one-group": not cfg.concurrent, "--warmup-iters": cfg.warmup,
+            "--iters": cfg.iters, "--p2p": cfg.p2p, "--check": int(cfg.check)}
+
+
+def check_same_sweep(path: str, old_header: dict, header: dict) -> None:
+    """Refuse to resume a file with other sweep settings than this run's, in one line."""
+    old, new = sweep_settings(old_header.get("args")), sweep_settings(header["args"])
+    if old is None or new is None:
+        return
+    for flag, value in old.items():
+        if new[flag] != value:
+            raise UsageError(f"cannot resume {path}: it was measured with {flag} "
+                             f"{_brief(value)}, this run has {_brief(new[flag])}; resume with "
+                             "the flags of its header's command or choose another --output")
+
+
+def _brief(value: object) -> str:
+    if not isinstance(value, tuple):
+        return str(value)
+    items = [str(getattr(v, "value", v)) for v in value]
+    return ",".join(items) if len(items) <= 6 else f"{items[0]}..{items[-1]} ({len(items)})"
+
+
+def header_args(args) -> dict:
+    """The command line as the header records it (JSON: lists, not tuples)."""
+    return vars(args) | {"dtype": list(args.dtype), "group_size": list(args.group_size),
+                         "layout": list(args.layout)}
 
 
 def make_run_header(args, backend: str, comm, node_of_rank: list[str]) -> dict:
     per_node = Counter(node_of_rank)
     return make_header(
         command=shlex.join([os.path.basename(sys.executable), "-m", "bench", *sys.argv[1:]]),
-        args=vars(args) | {"dtype": list(args.dtype), "group_size": list(args.group_size),
-                           "layout": list(args.layout)},
+        args=header_args(args),
         backend=backend, launcher=comm.launcher,
         world_size=comm.world_size, nodes=len(per_node),
         ranks_per_node=max(per_node.values()), node_of_rank=node_of_rank,
@@ -187,7 +260,7 @@ def table_head() -> str:
 
 
 def fail(message: str) -> int:
-    print(f"bench: error: {message}", file=sys.stderr, flush=True)
+    print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
     return EXIT_USAGE
 
 
@@ -197,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_args(args)
         backend = args.backend or default_backend()
         comm = connect(backend, cfg.timeout_s)
-    except (UsageError, ImportError) as exc:
+    except (UsageError, BackendUnavailable, ImportError) as exc:
         return fail(str(exc))
     except (RuntimeError, ValueError, OSError) as exc:
         return fail(f"cannot join the other ranks ({backend}): {exc}".splitlines()[0])
@@ -220,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     if status[0] == "error":
         comm.close()
         return fail(status[1]) if comm.rank == 0 else EXIT_USAGE
+    if comm.rank == 0 and status[1]:
+        print(f"# resuming {path}: skipping the {len(status[1])} points already in it",
+              flush=True)
     return _sweep(comm, cfg, status[1], node_of_rank, writer, path)
 
 

@@ -16,10 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.records import Collective
+from bench.records import DTYPE_BYTES, Collective  # DTYPE_BYTES: imported from here too
 
-DTYPE_BYTES = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2, "int32": 4,
-               "int64": 8}
 MPI_DTYPES = ("float32", "float64", "int32", "int64")
 P2P_MODES = ("ring", "pairs")
 # Collectives whose count is rounded to a multiple of the group size (one chunk per member).

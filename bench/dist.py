@@ -237,8 +237,32 @@ class MpiComm:
         pass
 
 
+class BackendUnavailable(Exception):
+    """The backend asked for cannot run here; the message says what to use instead."""
+
+
+def check_backend(backend: str) -> None:
+    """Refuse, in one line, a backend whose library or devices are missing here."""
+    if backend == "mpi":
+        try:
+            import mpi4py  # noqa: F401  (MPI itself starts in MpiComm)
+        except ImportError:
+            raise BackendUnavailable("--backend mpi needs mpi4py and an MPI library (pip "
+                                     "install '.[bench]'); or use --backend gloo") from None
+        return
+    try:
+        import torch
+    except ImportError:
+        raise BackendUnavailable(f"--backend {backend} needs torch (pip install '.[bench]'); "
+                                 "or use --backend mpi") from None
+    if backend == "nccl" and torch.cuda.device_count() == 0:
+        raise BackendUnavailable("--backend nccl needs CUDA GPUs and none is visible here; use "
+                                 "--backend gloo or mpi on CPUs")
+
+
 def connect(backend: str, timeout_s: float):
     """Join the job: returns a TorchComm or MpiComm for this rank."""
+    check_backend(backend)
     if backend == "mpi":
         return MpiComm()
     return TorchComm(detect_launch(), backend, timeout_s)

@@ -27,7 +27,7 @@ import time
 import numpy as np
 
 from bench.collectives import element_count, mpi_operation, torch_operation
-from bench.dist import connect
+from bench.dist import BackendUnavailable, connect
 from bench.harness import calls_per_sample, measure
 from bench.records import Collective
 from bench.sweep import parse_size
@@ -118,7 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iters", type=int, default=30)
     p.add_argument("--rounds", type=int, default=9)
     args = p.parse_args(argv)
-    comm = connect(args.backend, 300.0)
+    try:
+        comm = connect(args.backend, 300.0)
+    except BackendUnavailable as exc:
+        print(f"{p.prog}: error: {exc}", file=sys.stderr)
+        return 2
     if comm.rank == 0:
         print(f"# all_reduce float32, {comm.world_size} ranks, backend {args.backend}, "
               f"{args.iters} iterations x {args.rounds} alternating rounds (medians; ratios: "

@@ -7,11 +7,14 @@ work on a laptop without torch or mpi4py.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
+
+from bench.groups import LAYOUTS
 
 
 class Collective(StrEnum):
@@ -21,6 +24,11 @@ class Collective(StrEnum):
     ALL_TO_ALL = "all_to_all"
     BROADCAST = "broadcast"
     SEND_RECV = "send_recv"
+
+
+# Element sizes of the dtypes the suite measures (torch names).
+DTYPE_BYTES = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2, "int32": 4,
+               "int64": 8}
 
 
 # busbw = algbw * BUS_FACTOR[collective](n), n = ranks in the group.
@@ -57,6 +65,12 @@ RANK_REDUCE = "max"  # per iteration the slowest rank's time, then statistics ov
 
 class ResultsError(ValueError):
     """A results file cannot be used; the message names the file, the line and the problem."""
+
+
+class BadRecordError(ResultsError):
+    """A results file with a corrupt record before its last line (garbage, a JSON value that
+    is not a record, a missing field or a value of the wrong type or range): not what an
+    interrupted run leaves, so the file must be repaired or measured again."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -101,6 +115,51 @@ class Measurement:
 
 
 MEASUREMENT_FIELDS = tuple(Measurement.__dataclass_fields__)
+OPTIONAL_FIELDS = ("calls_per_iter", "rank_reduce")  # absent from older files: defaults
+# What a measurement's fields may hold: integers with their least value, times (finite and
+# > 0 microseconds: a collective takes time), bandwidths (finite, >= 0: busbw is 0 for one
+# rank) and names (from the suite's vocabulary).
+INT_MINIMUM = {"size_bytes": 1, "count": 1, "group_size": 1, "num_groups": 1,
+               "ranks_per_node": 1, "nodes": 1, "groups_per_node": 1, "warmup_iters": 0,
+               "iters": 1, "calls_per_iter": 1, "wrong": 0}
+TIME_FIELDS = ("time_us_mean", "time_us_min", "time_us_max", "time_us_p50", "time_us_p99")
+NAME_CHOICES = {"collective": tuple(c.value for c in Collective), "dtype": tuple(DTYPE_BYTES),
+                "layout": LAYOUTS, "rank_reduce": (RANK_REDUCE,)}
+
+
+def field_problem(name: str, value: object) -> str | None:
+    """What is wrong with `value` for the measurement field `name` (None: nothing)."""
+    if name in NAME_CHOICES:
+        choices = NAME_CHOICES[name]
+        return None if value in choices else f"must be one of {', '.join(choices)}"
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    if name in INT_MINIMUM:
+        least = INT_MINIMUM[name]
+        ok = is_number and isinstance(value, int) and value >= least
+        return None if ok else f"must be an integer >= {least}"
+    if not (is_number and math.isfinite(value)):
+        return "must be a finite number"
+    if name in TIME_FIELDS:
+        return None if value > 0 else "must be > 0 (microseconds)"
+    return None if value >= 0 else "must be >= 0"
+
+
+def _short(value: object, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def measurement_from_record(obj: dict) -> Measurement:
+    """The Measurement of a record; ValueError naming the first missing or bad field."""
+    for name in MEASUREMENT_FIELDS:
+        if name not in obj:
+            if name in OPTIONAL_FIELDS:
+                continue
+            raise ValueError(f"the measurement lacks the field {name!r}")
+        problem = field_problem(name, obj[name])
+        if problem:
+            raise ValueError(f"field {name!r} {problem}, got {_short(obj[name])}")
+    return Measurement(**{k: obj[k] for k in MEASUREMENT_FIELDS if k in obj})
 
 
 def make_header(**fields: object) -> dict:
@@ -114,6 +173,8 @@ class ResultsWriter:
     def __init__(self, path: str | os.PathLike, header: dict) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            _end_last_line(self.path)
         new = not self.path.exists() or self.path.stat().st_size == 0
         self._file = open(self.path, "a", encoding="utf-8")
         if new:
@@ -136,6 +197,23 @@ class ResultsWriter:
         self._file.close()
 
 
+def _end_last_line(path: Path) -> None:
+    """Before appending to a file whose last line has no newline: a line cut off by a run
+    killed mid-write (not valid JSON) is removed, so its point is measured again and no
+    garbage is left inside the file; a complete line gets its newline."""
+    with open(path, "rb+") as f:
+        data = f.read()
+        if not data or data.endswith(b"\n"):
+            return
+        start = data.rfind(b"\n") + 1
+        try:
+            json.loads(data[start:])
+        except ValueError:
+            f.truncate(start)
+            return
+        f.write(b"\n")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Results:
     """A parsed results file: its header, its measurements and what was wrong with it."""
@@ -146,16 +224,16 @@ class Results:
     problems: tuple[str, ...]  # one line each: skipped lines, truncation, recorded errors
 
 
-def _parse_measurement(obj: dict) -> Measurement:
-    fields = {k: obj[k] for k in MEASUREMENT_FIELDS if k in obj}
-    return Measurement(**fields)
-
-
 def read_results(path: str | os.PathLike) -> Results:
-    """Parse one results file. Raises ResultsError when it has no usable header.
+    """Parse one results file. Raises ResultsError when it has no usable header, and
+    BadRecordError (one line: file, line number, what is wrong, how to fix it) when a record
+    is corrupt: garbage, a JSON value that is not an object, an unknown kind, a second header,
+    a missing field or a value of the wrong type or range.
 
-    Bad or truncated measurement lines do not raise: they are skipped and named in
-    `problems`, so a run that crashed mid-line still yields what it measured before.
+    The one defect tolerated is what a run killed mid-write leaves: a last line cut off (no
+    newline, not valid JSON). It is skipped and named in `problems`, so the measurements
+    before it stay usable and `--resume` measures its point again. Error records (a run that
+    stopped) are named in `problems` too.
     """
     path = str(path)
     try:
@@ -165,16 +243,15 @@ def read_results(path: str | os.PathLike) -> Results:
         raise ResultsError(f"{path}: cannot read: {exc}") from None
     header = _parse_header(path, lines[0] if lines else "")
     measurements, problems = [], []
-    for number, line in enumerate(lines[1:], start=2):
-        if not line.strip():
-            continue
-        item, problem = _parse_line(path, number, line, last=number == len(lines))
+    parsed = [_parse_line(path, number, line)
+              for number, line in enumerate(lines[1:-1], start=2) if line.strip()]
+    if len(lines) > 1 and lines[-1].strip():
+        parsed.append(_parse_last_line(path, len(lines), lines[-1]))
+    for item, problem in parsed:
         if problem:
             problems.append(problem)
-        elif item is not None:
+        if item is not None:
             measurements.append(item)
-    if lines[-1].strip():
-        problems.append(f"{path}:{len(lines)}: last line has no newline (run interrupted?)")
     return Results(path=path, header=header, measurements=tuple(measurements),
                    problems=tuple(problems))
 
@@ -184,7 +261,7 @@ def _parse_header(path: str, line: str) -> dict:
         header = json.loads(line)
     except json.JSONDecodeError:
         raise ResultsError(f"{path}:1: not a bench results file (line 1 is not a JSON "
-                           "header); produce it with `python -m bench`") from None
+                           "header); produce it with `partune-bench`") from None
     if not isinstance(header, dict) or header.get("kind") != "header":
         raise ResultsError(f"{path}:1: not a bench results file (no header record)")
     if header.get("schema") != SCHEMA_VERSION:
@@ -193,19 +270,43 @@ def _parse_header(path: str, line: str) -> dict:
     return header
 
 
-def _parse_line(path: str, number: int, line: str, last: bool):
+FIX_LINE = "repair or delete that line, or measure again"
+JSON_NAMES = {list: "a JSON array", type(None): "JSON null", str: "a JSON string",
+              bool: "a JSON boolean", int: "a JSON number", float: "a JSON number"}
+
+
+def _parse_last_line(path: str, number: int, line: str):
+    """The file's last line when no newline ends it: cut off by a run killed mid-write
+    (skipped and named) or complete (parsed, and named)."""
+    try:
+        json.loads(line)
+    except json.JSONDecodeError:
+        return None, f"{path}:{number}: last line truncated (run interrupted?); skipped it"
+    item, problem = _parse_line(path, number, line)
+    return item, problem or f"{path}:{number}: last line has no newline (run interrupted?)"
+
+
+def _parse_line(path: str, number: int, line: str):
+    """(measurement or None, problem or None) of line `number`; BadRecordError if corrupt."""
+    where = f"{path}:{number}"
     try:
         obj = json.loads(line)
     except json.JSONDecodeError:
-        return None, f"{path}:{number}: not valid JSON ({'truncated' if last else 'corrupt'})"
+        raise BadRecordError(f"{where}: not valid JSON; {FIX_LINE}") from None
     if not isinstance(obj, dict):
-        return None, f"{path}:{number}: not a JSON object"
+        what = JSON_NAMES.get(type(obj), "a JSON value")
+        raise BadRecordError(f"{where}: {what}, not a record (a JSON object); {FIX_LINE}")
     kind = obj.get("kind")
     if kind == "error":
-        return None, f"{path}:{number}: the run stopped: {obj.get('message')}"
-    if kind != "measurement":
+        return None, f"{where}: the run stopped: {obj.get('message')}"
+    if kind == "resume":
         return None, None
+    if kind == "header":
+        raise BadRecordError(f"{where}: a second header (two runs joined in one file?); "
+                             "split it into one file per run")
+    if kind != "measurement":
+        raise BadRecordError(f"{where}: unknown record kind {kind!r}; {FIX_LINE}")
     try:
-        return _parse_measurement(obj), None
-    except (TypeError, ValueError) as exc:
-        return None, f"{path}:{number}: bad measurement: {exc}"
+        return measurement_from_record(obj), None
+    except ValueError as exc:
+        raise BadRecordError(f"{where}: {exc}; {FIX_LINE}") from None

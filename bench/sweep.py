@@ -6,6 +6,7 @@ dies keeps what it measured; `--resume` skips the points already in the file.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import threading
@@ -29,11 +30,17 @@ def parse_size(text: str) -> int:
     return int(match.group(1)) * _UNITS[match.group(2)]
 
 
+MAX_SIZES = 10_000  # a step factor so close to 1 that the sweep would never end
+
+
 def sizes(min_bytes: int, max_bytes: int, factor: float) -> list[int]:
     """min, min*f, min*f^2, ... up to max (inclusive), as nccl-tests -b -e -f."""
-    if min_bytes < 1 or max_bytes < min_bytes or factor <= 1:
-        raise ValueError(f"sizes need 1 <= min ({min_bytes}) <= max ({max_bytes}) and "
-                         f"factor ({factor}) > 1")
+    if min_bytes < 1 or max_bytes < min_bytes or not (math.isfinite(factor) and factor > 1):
+        raise ValueError(f"sizes need 1 <= -b ({min_bytes}) <= -e ({max_bytes}) and a "
+                         f"finite step factor -f ({factor}) > 1")
+    if math.log(max_bytes / min_bytes) / math.log(factor) >= MAX_SIZES:
+        raise ValueError(f"step factor {factor} makes over {MAX_SIZES} sizes from {min_bytes} "
+                         f"to {max_bytes} B; use a larger -f such as 2")
     out, size = [], float(min_bytes)
     while size <= max_bytes * (1 + 1e-9):
         out.append(int(round(size)))

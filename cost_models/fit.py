@@ -1,6 +1,6 @@
 """Fit a cluster profile (per-tier latency and bandwidth) to benchmark results files.
 
-    python -m cost_models.fit results/bench/fabric_*.jsonl -o results/clusters/fabric.json \\
+    partune-fit results/bench/fabric_*.jsonl -o results/clusters/fabric.json \\
         --base-cluster dgx-h100 --plot results/clusters/fabric_fit.png
 
 The model is `cost_models.comm.collective_time_s` itself, with the algorithms of the library
@@ -18,6 +18,7 @@ comes from a base preset; gpus_per_node is the measured ranks per node.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -25,11 +26,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.records import Collective, ResultsError, read_results
+from bench.records import BadRecordError, Collective, ResultsError, read_results
 from cost_models.cli_args import Parser
 from cost_models.comm import LIBRARIES, collective_time_s
 from cost_models.specs import ClusterSpec, CollectiveLink, LinkTier, SpecError
 
+PROG = "partune-fit"  # the console script (pyproject.toml); also python -m cost_models.fit
 EXIT_USAGE = 2
 OVERRIDE_TOLERANCE = 0.10  # relative difference in latency or bandwidth worth an override
 MIN_POINTS = 3  # a (collective, tier) needs this many sizes to be fitted on its own
@@ -43,11 +45,15 @@ class FitError(ValueError):
 
 def load_frame(paths: list[str]) -> tuple[pd.DataFrame, list[dict], list[str]]:
     """Measurements of every readable file (one row each), their headers, and one line per
-    problem (unreadable file, truncated or corrupt line, failed correctness check)."""
+    problem (a file that is not a results file, a last line cut off by an interrupted run, a
+    stopped run, failed correctness checks). A corrupt record inside a file raises FitError:
+    its measurements cannot be trusted to be what the file says."""
     frames, headers, problems = [], [], []
     for path in _expand(paths):
         try:
             results = read_results(path)
+        except BadRecordError as exc:
+            raise FitError(str(exc)) from None
         except ResultsError as exc:
             problems.append(f"skipped {exc}")
             continue
@@ -58,7 +64,7 @@ def load_frame(paths: list[str]) -> tuple[pd.DataFrame, list[dict], list[str]]:
         rows = pd.DataFrame([asdict(m) for m in results.measurements])
         rows["collective"] = rows["collective"].map(lambda c: Collective(c).value)
         rows["file"] = path
-        rows["gpus_per_node"] = int(results.header.get("ranks_per_node", 1))
+        rows["gpus_per_node"] = header_ranks_per_node(path, results.header)
         rows["library"] = library_of(results.header)
         if rows["library"].iloc[0] == "mpi" and not mpi_algorithms_pinned(results.header):
             problems.append(f"{path}: MPI run without the suite's pinned MPICH algorithms "
@@ -75,25 +81,54 @@ def load_frame(paths: list[str]) -> tuple[pd.DataFrame, list[dict], list[str]]:
     return pd.concat(frames, ignore_index=True), headers, problems
 
 
+def header_ranks_per_node(path: str, header: dict) -> int:
+    """The ranks per node a file's header records (1 when absent), checked."""
+    value = header.get("ranks_per_node", 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise FitError(f"{path}:1: header field 'ranks_per_node' must be an integer >= 1, got "
+                       f"{value!r}; repair the header or measure again")
+    return value
+
+
 def library_of(header: dict) -> str:
     """Whose collective algorithms the file measured: its backend (nccl, gloo, mpi)."""
-    backend = str(header.get("backend") or header.get("args", {}).get("backend") or "nccl")
+    backend = str(header.get("backend") or _mapping(header, "args").get("backend") or "nccl")
     return backend if backend in LIBRARIES else "nccl"
+
+
+def _mapping(header: dict, key: str) -> dict:
+    """A header block that should be an object ({} when absent or malformed)."""
+    value = header.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _hosts(header: dict) -> list:
+    hosts = header.get("hosts")
+    return hosts if isinstance(hosts, list) else []
 
 
 def mpi_algorithms_pinned(header: dict) -> bool:
     """Whether an MPI file's header records the algorithms the suite pins in MPICH."""
     from bench.dist import MPICH_ALGORITHMS
 
-    env = header.get("env") or {}
+    env = _mapping(header, "env")
     return all(env.get(name) == value for name, value in MPICH_ALGORITHMS.items())
 
 
 def _expand(paths: list[str]) -> list[str]:
+    """The files named and the .jsonl files of the folders named; a folder without any is
+    an error (it was most likely the wrong folder)."""
     out = []
     for p in paths:
         path = Path(p)
-        out.extend(sorted(map(str, path.glob("*.jsonl"))) if path.is_dir() else [p])
+        if not path.is_dir():
+            out.append(p)
+            continue
+        found = sorted(map(str, path.glob("*.jsonl")))
+        if not found:
+            raise FitError(f"{p} holds no .jsonl results files; name the folder or files "
+                           "that `partune-bench -o` wrote")
+        out.extend(found)
     return out
 
 
@@ -318,14 +353,13 @@ def build_profile(paths: list[str], base: ClusterSpec, *, name: str, statistic: 
            "problems": problems}
     provenance = {"files": sorted(set(frame["file"])), "base_cluster": base.name,
                   "commands": [h.get("command") for h in headers],
-                  "hosts": sorted({x for h in headers for x in h.get("hosts", [])}),
+                  "hosts": sorted({str(x) for h in headers for x in _hosts(h)}),
                   "fabric": next((h["fabric"] for h in headers if h.get("fabric")), None)}
     return cluster, fit, provenance, checked
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="python -m cost_models.fit", description=__doc__.split(
-        "\n")[0])
+    p = Parser(prog=PROG, description=__doc__.split("\n")[0])
     p.add_argument("results", nargs="+", help="results files (.jsonl) or folders of them")
     p.add_argument("-o", "--output", required=True, help="cluster profile to write (.json)")
     p.add_argument("--base-cluster", default="dgx-h100",
@@ -363,30 +397,91 @@ def with_measured_gemm(cluster: ClusterSpec, path: str) -> tuple[ClusterSpec, di
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cost_models.loaders import load_cluster, save_cluster
-
     args = build_parser().parse_args(argv)
     try:
-        base = load_cluster(args.base_cluster)
-        cluster, fit, provenance, checked = build_profile(
-            args.results, base, name=args.name or Path(args.output).stem,
-            statistic=args.statistic, every_other_size=args.holdout_every_other_size,
-            holdout=args.holdout)
-        if args.gemm:
-            cluster, fit["gemm_curve"] = with_measured_gemm(cluster, args.gemm)
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        save_cluster(cluster, args.output, provenance=provenance, fit=fit)
-        if args.plot:
-            from cost_models.fit_plot import plot_fit
-
-            plot_fit(checked, args.plot, title=cluster.name)
+        check_outputs(args)
+        cluster, fit, provenance, checked = fit_from_args(args)
+        write_outputs(args, cluster, fit, provenance, checked)
     except (FitError, SpecError, OSError) as exc:
-        print(f"fit: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     for line in fit["problems"]:
-        print(f"fit: warning: {line}", file=sys.stderr)
+        print(f"{PROG}: warning: {line}", file=sys.stderr)
     _print_summary(cluster, fit, args.output)
+    if args.plot:
+        print(f"wrote {args.plot}")
     return 0
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Refuse, before fitting, a name or output paths that cannot be right."""
+    if args.name is not None and not args.name.strip():
+        raise FitError("--name is empty; give the cluster a name, or leave --name out to "
+                       "name it after the output file")
+    _check_file_target("-o", args.output, "cluster.json")
+    if args.plot is None:
+        return
+    _check_file_target("--plot", args.plot, "fit.png")
+    if Path(args.plot).resolve() == Path(args.output).resolve():
+        raise FitError(f"-o and --plot both name {args.output}; give the plot another file")
+    from cost_models.fit_plot import image_formats
+
+    if Path(args.plot).suffix.lstrip(".").lower() not in image_formats():
+        raise FitError(f"--plot {args.plot} does not end in an image format matplotlib "
+                       f"writes; name it e.g. {Path(args.plot).with_suffix('.png')} (or "
+                       ".pdf, .svg)")
+
+
+def _check_file_target(flag: str, path: str, example: str) -> None:
+    if not path.strip():
+        raise FitError(f"{flag} is empty; name the file to write, e.g. {example}")
+    if Path(path).is_dir():
+        raise FitError(f"{flag} {path} is a directory; name a file in it, e.g. "
+                       f"{Path(path) / example}")
+    folder = next(p for p in Path(path).absolute().parents if p.exists())
+    if not folder.is_dir():
+        raise FitError(f"{flag} {path}: {folder} is a file, not a folder; choose another path")
+
+
+def fit_from_args(args: argparse.Namespace):
+    """build_profile (plus the measured GEMM curve) for the command line `args`."""
+    from cost_models.loaders import load_cluster
+
+    base = load_cluster(args.base_cluster)
+    cluster, fit, provenance, checked = build_profile(
+        args.results, base, name=args.name or Path(args.output).stem,
+        statistic=args.statistic, every_other_size=args.holdout_every_other_size,
+        holdout=args.holdout)
+    if args.gemm:
+        cluster, fit["gemm_curve"] = with_measured_gemm(cluster, args.gemm)
+    return cluster, fit, provenance, checked
+
+
+def write_outputs(args: argparse.Namespace, cluster: ClusterSpec, fit: dict,
+                  provenance: dict, checked: pd.DataFrame) -> None:
+    """The plot is drawn into a temporary file first, then the profile is written, then the
+    plot renamed into place: a failure at any step leaves neither output behind."""
+    from cost_models.loaders import save_cluster
+
+    drawn = _draw_plot(checked, args.plot, cluster.name) if args.plot else None
+    try:
+        save_cluster(cluster, args.output, provenance=provenance, fit=fit)
+        if drawn is not None:
+            os.replace(drawn, args.plot)
+    except BaseException:
+        if drawn is not None:
+            drawn.unlink(missing_ok=True)
+        raise
+
+
+def _draw_plot(checked: pd.DataFrame, path: str, title: str) -> Path:
+    from cost_models.fit_plot import render_plot
+
+    try:
+        return render_plot(checked, path, title=title)
+    except OSError as exc:
+        raise FitError(f"cannot write the plot {path}: {exc.strerror or exc}; choose another "
+                       "--plot") from None
 
 
 def _print_summary(cluster: ClusterSpec, fit: dict, output: str) -> None:

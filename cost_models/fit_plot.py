@@ -2,17 +2,34 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
 import pandas as pd
 
 
-def plot_fit(checked: pd.DataFrame, path: str, title: str = "") -> None:
-    """One panel per collective: measured (dots) and predicted (line) time vs size, one
-    colour per (group size, layout, running groups); held-out points drawn hollow."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def image_formats() -> tuple[str, ...]:
+    """File extensions (no dot) matplotlib can write: png, pdf, svg, ..."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    return tuple(sorted(FigureCanvasBase.get_supported_filetypes()))
+
+
+def plot_fit(checked: pd.DataFrame, path: str, title: str = "", fmt: str | None = None) -> None:
+    """One panel per collective: measured (dots) and predicted (line) time vs size, one
+    colour per (group size, layout, running groups); held-out points drawn hollow. `fmt`:
+    the image format (default: from the file's extension)."""
+    plt = _pyplot()
     names = sorted(checked["collective"].unique())
     cols = min(3, len(names))
     rows = -(-len(names) // cols)
@@ -35,5 +52,27 @@ def plot_fit(checked: pd.DataFrame, path: str, title: str = "") -> None:
         ax.legend(fontsize=7)
     fig.suptitle(f"{title}: measured (dots; hollow = held out) vs fitted model (lines)")
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=80, format=fmt)
+    finally:
+        plt.close(fig)
+
+
+def render_plot(checked: pd.DataFrame, path: str, title: str = "") -> Path:
+    """Draw the plot into a new temporary file beside `path` and return it: the caller
+    renames it to `path` once its other outputs are written, or deletes it, so a failed run
+    leaves no plot without its profile. OSError when `path`'s folder cannot be written."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
+                                    dir=target.parent)
+    os.close(handle)
+    try:
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(temp, 0o666 & ~mask)  # mkstemp makes 0600; give the usual mode
+        plot_fit(checked, temp, title, fmt=target.suffix.lstrip(".").lower())
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return Path(temp)

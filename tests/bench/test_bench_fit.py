@@ -4,7 +4,9 @@ reports bad files instead of crashing, and writes a profile the loaders read bac
 import json
 import subprocess
 import sys
+import warnings
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -141,7 +143,7 @@ def test_bad_files_are_reported_not_crashed_on(tmp_path):
     json.loads(out.read_text())
     only_junk = run_module("cost_models.fit", str(junk), "-o", str(tmp_path / "d.json"))
     assert only_junk.returncode == 2
-    assert only_junk.stderr.startswith("fit: error: no usable measurements")
+    assert only_junk.stderr.startswith("partune-fit: error: no usable measurements")
     assert not (tmp_path / "d.json").exists()
 
 
@@ -166,7 +168,8 @@ def test_single_rank_results_are_refused_in_one_line(tmp_path):
                            str(tmp_path / "p.json")], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "fit: error: every measurement is of a single rank, which crosses no link: run the "
+        "partune-fit: error: every measurement is of a single rank, which crosses no link: "
+        "run the "
         "benchmark with at least 2 ranks"]
     assert not (tmp_path / "p.json").exists()
 
@@ -240,3 +243,142 @@ def test_mpi_files_fit_mpich_algorithms_and_flag_unpinned_runs(tmp_path):
     assert fit["held_out"]["max_abs_rel_error"] < 0.10
     _, unpinned, _, _ = build_profile([str(path)], BASE, name="mpi")
     assert any("without the suite's pinned MPICH algorithms" in p for p in unpinned["problems"])
+
+
+# --- bad inputs and outputs: one line naming what is wrong, exit 2, nothing written --------
+
+
+def _fit_cli(capsys, *argv):
+    """cost_models.fit.main in this process, numpy warnings made errors: (exit code, stderr
+    lines, stdout)."""
+    from cost_models.fit import main
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, err.strip().splitlines(), out
+
+
+def _edited(src, dst, number: int, **fields) -> None:
+    """dst: src with fields of the record on line `number` replaced."""
+    lines = src.read_text().splitlines()
+    lines[number - 1] = json.dumps(json.loads(lines[number - 1]) | fields)
+    dst.write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def good(tmp_path):
+    path = tmp_path / "good.jsonl"
+    synthetic(path, [Collective.ALL_REDUCE])
+    return path
+
+
+BAD_FIELDS = [("busbw_gbps", "abc"), ("time_us_p50", "abc"), ("group_size", "abc"),
+              ("groups_per_node", "abc"), ("nodes", "abc"), ("ranks_per_node", "abc"),
+              ("size_bytes", "abc"), ("nodes", None), ("dtype", None), ("layout", "abc"),
+              ("count", "abc"), ("group_size", None), ("time_us_p50", 0.0),
+              ("time_us_p50", -1.0), ("time_us_p50", float("nan"))]
+
+
+@pytest.mark.parametrize("field, value", BAD_FIELDS)
+def test_a_bad_field_is_one_line_naming_file_line_and_field(tmp_path, good, capsys, field,
+                                                            value):
+    bad = tmp_path / "bad.jsonl"
+    _edited(good, bad, 5, **{field: value})
+    code, err, _ = _fit_cli(capsys, bad, "-o", tmp_path / "c.json")
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"partune-fit: error: {bad}:5: field {field!r} must be ")
+    assert not (tmp_path / "c.json").exists()
+
+
+@pytest.mark.parametrize("line", ["garbage", "[1]", "null", '{"kind": "measurement"}'])
+def test_a_corrupt_line_inside_a_file_stops_the_fit(tmp_path, good, capsys, line):
+    lines = good.read_text().splitlines()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join([*lines[:4], line, *lines[4:]]) + "\n")
+    code, err, _ = _fit_cli(capsys, tmp_path, "-o", tmp_path / "c.json")
+    assert code == 2 and len(err) == 1 and err[0].startswith(
+        f"partune-fit: error: {bad}:5: "), err
+    assert not (tmp_path / "c.json").exists()
+
+
+def test_a_truncated_last_line_is_one_warning(tmp_path, good, capsys):
+    text = good.read_text()
+    good.write_text(text[:-30])
+    code, err, _ = _fit_cli(capsys, good, "-o", tmp_path / "c.json")
+    assert code == 0 and len(err) == 1
+    assert err[0].startswith(f"partune-fit: warning: {good}:") and "truncated" in err[0]
+
+
+def test_a_bad_ranks_per_node_header_is_one_line(tmp_path, good, capsys):
+    bad = tmp_path / "bad.jsonl"
+    _edited(good, bad, 1, ranks_per_node=0)
+    code, err, _ = _fit_cli(capsys, bad, "-o", tmp_path / "c.json")
+    assert code == 2 and err == [f"partune-fit: error: {bad}:1: header field 'ranks_per_node' "
+                                 "must be an integer >= 1, got 0; repair the header or "
+                                 "measure again"]
+
+
+def test_a_folder_without_results_files_is_one_line(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no results here\n")
+    code, err, _ = _fit_cli(capsys, empty, "-o", tmp_path / "c.json")
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith(f"partune-fit: error: {empty} holds no .jsonl results files")
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--name", ""], "--name is empty"),
+    (["--name", "  "], "--name is empty"),
+    (["--plot", "{tmp}"], "--plot {tmp} is a directory"),
+    (["--plot", "{tmp}/fig"], "does not end in an image format"),
+    (["--plot", "{tmp}/fig.nope"], "does not end in an image format"),
+    (["--plot", "{tmp}/c.json"], "-o and --plot both name"),
+    (["--plot", "{tmp}/file.txt/fig.png"], "is a file, not a folder"),
+])
+def test_bad_outputs_are_refused_before_anything_is_written(tmp_path, good, capsys, flags,
+                                                            words):
+    (tmp_path / "file.txt").write_text("x")
+    before = sorted(tmp_path.iterdir())
+    flags = [f.format(tmp=tmp_path) for f in flags]
+    code, err, _ = _fit_cli(capsys, good, "-o", tmp_path / "c.json", *flags)
+    assert code == 2 and len(err) == 1 and words.format(tmp=tmp_path) in err[0], err
+    assert sorted(tmp_path.iterdir()) == before
+
+
+def test_an_output_folder_is_refused(tmp_path, good, capsys):
+    code, err, _ = _fit_cli(capsys, good, "-o", tmp_path)
+    assert code == 2 and err == [f"partune-fit: error: -o {tmp_path} is a directory; name a "
+                                 f"file in it, e.g. {tmp_path / 'cluster.json'}"]
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+def test_an_unwritable_plot_leaves_no_profile(tmp_path, good, capsys):
+    code, err, _ = _fit_cli(capsys, good, "-o", tmp_path / "k.json", "--plot",
+                            "/proc/partune_fit.png")
+    assert code == 2 and len(err) == 1 and "cannot write the plot" in err[0], err
+    assert not (tmp_path / "k.json").exists()
+
+
+def test_a_failed_profile_leaves_no_plot(tmp_path, good, capsys, monkeypatch):
+    import cost_models.loaders
+    from cost_models.specs import SpecError
+
+    def refuse(*args, **kwargs):
+        raise SpecError("disk full")
+
+    monkeypatch.setattr(cost_models.loaders, "save_cluster", refuse)
+    plots = tmp_path / "plots"
+    code, err, _ = _fit_cli(capsys, good, "-o", tmp_path / "k.json", "--plot",
+                            plots / "fit.png")
+    assert code == 2 and err == ["partune-fit: error: disk full"]
+    assert list(plots.iterdir()) == []
+
+
+def test_every_error_is_labelled_with_the_console_script_name(tmp_path, capsys):
+    flag = run_module("cost_models.fit", "--no-such-flag")
+    assert flag.returncode == 2 and flag.stderr.startswith("partune-fit: error: ")
+    code, err, _ = _fit_cli(capsys, tmp_path / "missing.jsonl", "-o", tmp_path / "c.json")
+    assert code == 2 and err[0].startswith("partune-fit: error: ")

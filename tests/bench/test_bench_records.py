@@ -4,6 +4,7 @@ import pytest
 
 from bench.records import (
     BUS_FACTOR,
+    BadRecordError,
     Collective,
     Measurement,
     ResultsError,
@@ -51,23 +52,107 @@ def test_truncated_last_line_keeps_earlier_records(tmp_path):
     assert any("truncated" in p for p in got.problems)
 
 
-def test_corrupt_middle_line_and_bad_fields_are_reported(tmp_path):
-    path = tmp_path / "r.jsonl"
-    write(path, [sample(1024)])
-    with open(path, "a") as f:
-        f.write("{not json\n")
-        f.write(json.dumps({"kind": "measurement", "collective": "all_reduce"}) + "\n")
-        f.write(json.dumps({"kind": "measurement", **_as_dict(sample(4096)),
-                            "collective": "bogus"}) + "\n")
-    got = read_results(path)
-    assert len(got.measurements) == 1
-    assert len(got.problems) == 3
-    assert "corrupt" in got.problems[0] and "bad measurement" in got.problems[1]
-
-
 def _as_dict(m):
     from dataclasses import asdict
     return {k: (v.value if hasattr(v, "value") else v) for k, v in asdict(m).items()}
+
+
+def _record(**over) -> str:
+    return json.dumps({"kind": "measurement", **_as_dict(sample(4096)), **over})
+
+
+def _without(field: str) -> str:
+    record = json.loads(_record())
+    del record[field]
+    return json.dumps(record)
+
+
+# (line 3 of a file whose line 4 is a good record, words the one-line error must hold)
+CORRUPT_LINES = [
+    ("{not json", "not valid JSON"),
+    ("[1, 2]", "a JSON array, not a record"),
+    ("null", "JSON null, not a record"),
+    ('{"kind": "bogus"}', "unknown record kind 'bogus'"),
+    ('{"kind": "header", "schema": 1}', "a second header"),
+    (_without("time_us_p50"), "lacks the field 'time_us_p50'"),
+    (_record(collective="bogus"), "'collective' must be one of all_reduce"),
+    (_record(busbw_gbps="abc"), "'busbw_gbps' must be a finite number, got 'abc'"),
+    (_record(time_us_p50="abc"), "'time_us_p50' must be a finite number"),
+    (_record(size_bytes="abc"), "'size_bytes' must be an integer >= 1"),
+    (_record(group_size=None), "'group_size' must be an integer >= 1, got None"),
+    (_record(groups_per_node="2"), "'groups_per_node' must be an integer"),
+    (_record(ranks_per_node=0), "'ranks_per_node' must be an integer >= 1, got 0"),
+    (_record(nodes=None), "'nodes' must be an integer >= 1"),
+    (_record(nodes=2.0), "'nodes' must be an integer"),
+    (_record(count=True), "'count' must be an integer"),
+    (_record(dtype="abc"), "'dtype' must be one of float32"),
+    (_record(dtype=None), "'dtype' must be one of"),
+    (_record(layout="diagonal"), "'layout' must be one of world, consecutive, strided"),
+    (_record(time_us_mean=0), "'time_us_mean' must be > 0"),
+    (_record(time_us_min=-1.0), "'time_us_min' must be > 0"),
+    (_record(time_us_p99=float("nan")), "'time_us_p99' must be a finite number, got nan"),
+    (_record(algbw_gbps=-1.0), "'algbw_gbps' must be >= 0"),
+    (_record(wrong=None), "'wrong' must be an integer >= 0"),
+]
+
+
+@pytest.mark.parametrize("line, words", CORRUPT_LINES, ids=[w for _, w in CORRUPT_LINES])
+def test_a_corrupt_record_inside_a_file_is_one_error_naming_file_line_and_field(
+        tmp_path, line, words):
+    path = tmp_path / "r.jsonl"
+    write(path, [sample(1024)])
+    with open(path, "a") as f:
+        f.write(line + "\n" + _record() + "\n")
+    with pytest.raises(BadRecordError) as raised:
+        read_results(path)
+    message = str(raised.value)
+    assert message.startswith(f"{path}:3: ") and words in message
+    assert "\n" not in message
+
+
+def test_a_corrupt_last_line_with_its_newline_is_an_error_not_a_truncation(tmp_path):
+    path = tmp_path / "r.jsonl"
+    write(path, [sample(1024)])
+    with open(path, "a") as f:
+        f.write('{"kind": "measurement", "coll\n')
+    with pytest.raises(BadRecordError, match=r"r\.jsonl:3: not valid JSON"):
+        read_results(path)
+
+
+def test_a_complete_last_line_without_newline_is_kept_and_named(tmp_path):
+    path = tmp_path / "r.jsonl"
+    write(path, [sample(1024), sample(2048)])
+    path.write_text(path.read_text().rstrip("\n"))
+    got = read_results(path)
+    assert [m.size_bytes for m in got.measurements] == [1024, 2048]
+    assert len(got.problems) == 1 and "no newline" in got.problems[0]
+
+
+def test_older_records_without_the_optional_fields_are_read(tmp_path):
+    path = tmp_path / "r.jsonl"
+    write(path, [])
+    record = json.loads(_record())
+    del record["calls_per_iter"], record["rank_reduce"]
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    assert read_results(path).measurements[0].calls_per_iter == 1
+
+
+def test_resuming_drops_a_truncated_last_line_and_ends_a_complete_one(tmp_path):
+    """A killed run leaves a cut-off line: appending after it would bury garbage inside the
+    file (an error for every later reader), so the writer drops it; a complete last line
+    without newline is kept and ended."""
+    cut, whole = tmp_path / "cut.jsonl", tmp_path / "whole.jsonl"
+    write(cut, [sample(1024), sample(2048)])
+    cut.write_text(cut.read_text()[:-40])
+    write(whole, [sample(1024)])
+    whole.write_text(whole.read_text().rstrip("\n"))
+    for path, sizes in ((cut, [1024, 4096]), (whole, [1024, 4096])):
+        w = ResultsWriter(path, make_header(command="again", backend="gloo", world_size=4))
+        w.write(sample(4096))
+        w.close()
+        got = read_results(path)
+        assert [m.size_bytes for m in got.measurements] == sizes and got.problems == ()
 
 
 @pytest.mark.parametrize("first_line, message", [

@@ -103,12 +103,15 @@ def test_rank_that_hangs_is_named_within_the_timeout(tmp_path, bench_ranks):
     (["all_reduce", "-b", "lots"], "is not a number"),
     (["all_reduce", "-d", "complex64"], "--dtype"),
     (["all_reduce", "-g", "3"], "must divide the world size"),
+    (["all_reduce", "-f", "nan"], "finite step factor -f (nan) > 1"),
+    (["all_reduce", "-d", ""], "--dtype is empty"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message):
     done = run_module("bench", *args, "--backend", "gloo", "-o", "/tmp/never.jsonl",
                       env={"MASTER_PORT": "29731"})
     assert done.returncode == 2
     assert message in done.stderr and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("partune-bench: error: ")
 
 
 def test_existing_output_needs_resume(tmp_path, bench_ranks):
@@ -139,3 +142,15 @@ def test_overhead_tool_times_the_suite_and_both_bare_loops():
         # one round: the median of the rounds' ratios is that round's ratio
         assert r_iso == pytest.approx(suite / isolated, rel=0.02)  # printed to 0.1 us
         assert r_b2b == pytest.approx(suite / back2back, rel=0.02)
+
+
+def test_nccl_without_gpus_is_one_line(tmp_path):
+    """No CUDA device visible (CUDA_VISIBLE_DEVICES empty hides them on a GPU host too)."""
+    pytest.importorskip("torch")
+    out = tmp_path / "n.jsonl"
+    done = run_module("bench", "all_reduce", "--backend", "nccl", "-o", str(out),
+                      env={"CUDA_VISIBLE_DEVICES": "", "MASTER_PORT": "29733"})
+    assert done.returncode == 2
+    assert done.stderr == ("partune-bench: error: --backend nccl needs CUDA GPUs and none is "
+                           "visible here; use --backend gloo or mpi on CPUs\n")
+    assert not out.exists()

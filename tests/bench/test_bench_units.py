@@ -74,3 +74,79 @@ def test_cli_surface_is_pinned():
                      "--stepfactor", "-n", "--iters", "-w", "--warmup-iters", "-d", "--dtype",
                      "--backend", "-g", "--group-size", "--layout", "--one-group", "--p2p",
                      "-c", "--check", "-o", "--output", "--resume", "--timeout"}
+
+
+def _config(*argv: str):
+    from bench.__main__ import build_parser, config_from_args
+
+    return config_from_args(build_parser().parse_args(["all_reduce", *argv]))
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["-f", "nan"], "finite step factor -f (nan) > 1"),
+    (["-f", "inf"], "finite step factor -f (inf) > 1"),
+    (["-f", "1"], "step factor -f (1.0) > 1"),
+    (["-f", "1.0000001"], "use a larger -f"),
+    (["--timeout", "nan"], "--timeout nan must be a finite number of seconds > 0"),
+    (["--timeout", "inf"], "--timeout inf must be a finite"),
+    (["--timeout", "0"], "--timeout 0 must be"),
+    (["-d", ""], "--dtype is empty"),
+    (["-d", ","], "--dtype is empty"),
+    (["--layout", ""], "--layout is empty"),
+    (["-g", ""], "give a comma list of group sizes >= 0"),
+    (["-g", "-2"], "give a comma list of group sizes >= 0"),
+])
+def test_meaningless_numbers_and_empty_lists_are_refused(argv, words):
+    from bench.__main__ import UsageError
+
+    with pytest.raises(UsageError) as raised:
+        _config(*argv)
+    assert words in str(raised.value)
+
+
+def test_nccl_is_refused_where_no_gpu_is_visible(monkeypatch):
+    torch = pytest.importorskip("torch")
+    from bench.dist import BackendUnavailable, check_backend
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(BackendUnavailable, match="needs CUDA GPUs and none is visible"):
+        check_backend("nccl")
+    check_backend("gloo")
+
+
+def _header(*argv: str) -> dict:
+    from bench.__main__ import build_parser, header_args
+    from bench.records import make_header
+
+    args = build_parser().parse_args(["all_reduce", "-b", "8", "-e", "64", *argv])
+    return make_header(command="test", backend="gloo", world_size=1, args=header_args(args))
+
+
+def test_output_folder_is_named_as_a_folder(tmp_path):
+    from bench.__main__ import UsageError, open_results
+
+    for resume in (False, True):
+        with pytest.raises(UsageError, match="is a directory; name a results file"):
+            open_results(str(tmp_path), resume, _header())
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["-e", "128"], "sizes (-b/-e/-f) 8,16,32,64, this run has 8,16,32,64,128"),
+    (["-d", "float32,int32"], "--dtype float32, this run has float32,int32"),
+    (["-n", "3"], "--iters 20, this run has 3"),
+    (["--one-group"], "--one-group False, this run has True"),
+])
+def test_resume_with_other_sweep_settings_is_refused(tmp_path, argv, words):
+    from bench.__main__ import UsageError, open_results
+    from bench.records import ResultsWriter
+
+    path = tmp_path / "r.jsonl"
+    ResultsWriter(path, _header()).close()
+    before = path.read_text()
+    with pytest.raises(UsageError) as raised:
+        open_results(str(path), True, _header(*argv))
+    assert f"cannot resume {path}: it was measured with {words}" in str(raised.value)
+    assert path.read_text() == before
+    writer, done = open_results(str(path), True, _header("--timeout", "30"))  # may change
+    writer.close()
+    assert done == set()
