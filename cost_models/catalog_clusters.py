@@ -200,7 +200,7 @@ def parse_nics(text: str) -> tuple[int, float]:
 
 # GPU families the catalog knows, as written in papers and tables ("H100", "A100 80GB",
 # "H100-SXM5-80GB"); PCIe and NVL cards run at other clocks and links, so they are not aliases.
-_FAMILY_RE = re.compile(r"(?<![A-Z])(V100|A100|H100|H800|H200|B200|S4000)")
+_FAMILY_RE = re.compile(r"(?<![A-Z])(V100|A100|H100|H800|H200|B200|S4000)(?![A-Z0-9])")
 _MEMORY_RE = re.compile(r"(\d+)\s*GB")
 _OTHER_FORM_RE = re.compile(r"PCIE|NVL\b|NVL\d")
 

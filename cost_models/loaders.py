@@ -237,12 +237,17 @@ def _hf_moe_layers(data: dict, layers: int, where: str) -> int:
     if "first_k_dense_replace" in data:
         first = _hf_int(data, "first_k_dense_replace", where)
         every = _hf_int(data, "moe_layer_freq", where, default=1)
-        return sum(1 for i in range(first, layers) if i % max(every, 1) == 0)
+        if not 0 <= first < layers or every < 1:
+            raise SpecError(f"{where}: first_k_dense_replace={first} must be in 0..{layers - 1} "
+                            f"and moe_layer_freq={every} >= 1")
+        return sum(1 for i in range(first, layers) if i % every == 0)
     step = _hf_int(data, "decoder_sparse_step", where, default=1)
+    if step < 1:
+        raise SpecError(f"{where}: decoder_sparse_step={step} must be >= 1")
     dense = data.get("mlp_only_layers") or []
     if not isinstance(dense, list):
         raise SpecError(f"{where}: mlp_only_layers must be a list of layer indices")
-    return sum(1 for i in range(layers) if (i + 1) % max(step, 1) == 0 and i not in dense)
+    return sum(1 for i in range(layers) if (i + 1) % step == 0 and i not in dense)
 
 
 def _hf_moe(data: dict, layers: int, ffn: int, where: str) -> dict:
@@ -283,6 +288,8 @@ def model_from_hf_config(data: dict, *, where: str, name: str) -> ModelSpec:
     """A ModelSpec from a HuggingFace config.json (Llama, Mistral/Mixtral, Qwen2/3(-MoE),
     DeepSeek-V2/V3, Nemotron and other Llama-style configs). seq_len is
     max_position_embeddings; DeepSeek's num_nextn_predict_layers are its MTP depths."""
+    if not isinstance(data.get("model_type", ""), str):
+        raise SpecError(f"{where}: model_type={data['model_type']!r} must be a string")
     layers = _hf_int(data, "num_hidden_layers", where)
     if not 1 <= layers <= MODEL_LIMITS["num_layers"]:
         raise SpecError(f"{where}: num_hidden_layers={layers} must be in "

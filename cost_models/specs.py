@@ -60,10 +60,16 @@ MODEL_LIMITS = {"num_layers": 10_000, "hidden_size": 1_000_000, "ffn_hidden_size
                 "vocab_size": 100_000_000, "num_experts": 100_000}
 
 
+# A plan beyond any cluster (the largest hold ~200k GPUs) or batch (Llama 3: 2,048 sequences)
+PLAN_LIMITS = {"tp": 1_000_000, "pp": 1_000_000, "vpp": 1_000_000, "dp": 1_000_000,
+               "cp": 1_000_000, "ep": 1_000_000, "micro_batch_size": 10_000_000,
+               "global_batch_size": 10_000_000}
+
+
 def _at_most(owner: str, limits: Mapping[str, int], **values: float) -> None:
     for name, value in values.items():
         _require(value <= limits[name], f"{owner}.{name}={value!r} is over {limits[name]:,}; "
-                 "check the value (no model this size is trained)")
+                 "check the value (nothing this size is trained)")
 
 
 def _enum(owner: str, name: str, value: object, kind: type[StrEnum]) -> StrEnum:
@@ -328,6 +334,23 @@ class ClusterSpec:
 ZERO3_IMPLS = ("fsdp", "deepspeed")
 
 
+def load_factor_problem(model: ModelSpec, load: float) -> str | None:
+    """Why a moe_load_factor cannot describe `model`, or None: it is >= 1, for MoE models
+    only, and at most experts / top-k (the busiest rank then holds every token's copies; an
+    expert-parallel group of ep ranks caps it further, at ep, which the cost model applies
+    per plan)."""
+    if not (math.isfinite(load) and load >= 1.0):
+        return ("must be a number >= 1 (the busiest expert rank's tokens over the mean; 1: "
+                "balanced routing)")
+    if load != 1.0 and not model.is_moe:
+        return (f"{model.name} is a dense model; the factor is the expert load imbalance of "
+                "MoE models (drop it)")
+    most = model.num_experts / max(model.moe_topk, 1)
+    if model.is_moe and load > most:
+        return f"over {most:g} = experts / top-k of {model.name}: no rank can receive more"
+    return None
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Plan:
     """How one training job is laid out. num_gpus = tp * pp * dp * cp.
@@ -373,6 +396,7 @@ class Plan:
         _positive("plan", tp=self.tp, pp=self.pp, vpp=self.vpp, dp=self.dp, cp=self.cp,
                   ep=self.ep, micro_batch_size=self.micro_batch_size,
                   global_batch_size=self.global_batch_size)
+        _at_most("plan", PLAN_LIMITS, **{name: getattr(self, name) for name in PLAN_LIMITS})
         _require(self.zero in (0, 1, 2, 3), f"plan.zero={self.zero!r} must be 0, 1, 2 or 3")
         _require(sorted(self.order.split("-")) == sorted(AXES),
                  f"plan.order={self.order!r} must be a permutation of {'-'.join(AXES)}")

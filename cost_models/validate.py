@@ -38,7 +38,15 @@ from cost_models.analytical import TIME_TERMS, estimate_batch
 from cost_models.catalog_clusters import cluster_for_run
 from cost_models.pipeline import interleaving
 from cost_models.plan_arrays import PlanArrays, from_plans, to_plan
-from cost_models.specs import ZERO3_IMPLS, ClusterSpec, ModelSpec, Plan, SpecError
+from cost_models.specs import (
+    ZERO3_IMPLS,
+    ClusterSpec,
+    ModelSpec,
+    Plan,
+    Precision,
+    SpecError,
+    load_factor_problem,
+)
 
 REQUIRED_COLUMNS = (
     "id", "num_layers", "hidden_size", "ffn_hidden_size", "mlp", "num_heads", "num_kv_heads",
@@ -193,6 +201,9 @@ def row_candidates(row: dict, model: ModelSpec) -> tuple[Plan, ...]:
     flash = uses_flash_attention(row)
     bf16_grads, impl = reduces_grads_in_bf16(row), zero3_impl(row)
     load = moe_load_factor(row)
+    problem = load_factor_problem(model, load)
+    if problem:
+        raise SpecError(f"moe_load_factor={load:g}: {problem}")
     modern = publication_year(row) >= MEGATRON_2022_FEATURES_YEAR
     space = itertools.product(
         _choices(row, "micro_batch_size", mbs_all), _choices(row, "vpp", vpp_all),
@@ -275,6 +286,13 @@ def cluster_for_row(row: dict) -> ClusterSpec:
     return cluster_for_run(_cell(row, "gpu"), _count(row, "gpus_per_node"), nics)
 
 
+def _check_precision(row: dict, cluster: ClusterSpec) -> None:
+    """A row in a precision its GPU has no tensor cores for (bf16 on a V100) is a typo."""
+    word = _word(row, "precision")
+    if word in {p.value for p in Precision} and cluster.gpu.dense_peak_flops(Precision(word)) <= 0:
+        raise SpecError(f"precision={word} but {cluster.gpu.name} has no {word} tensor cores")
+
+
 def parse_rows(rows: list[dict], cluster_for_row: Callable[[dict], ClusterSpec]
                ) -> Iterator[Row | Skipped]:
     seen = set()
@@ -293,7 +311,9 @@ def parse_rows(rows: list[dict], cluster_for_row: Callable[[dict], ClusterSpec]
             ref_s = _number(row, "ref_iter_time_s")
             if ref_s <= 0:
                 raise SpecError(f"ref_iter_time_s={ref_s:g} must be > 0")
-            yield Row(id=rid, model=model, cluster=cluster_for_row(row),
+            cluster = cluster_for_row(row)
+            _check_precision(row, cluster)
+            yield Row(id=rid, model=model, cluster=cluster,
                       candidates=row_candidates(row, model), ref_iter_time_s=ref_s)
         except (SpecError, ValueError, KeyError) as exc:
             yield Skipped(id=rid, reason=str(exc))

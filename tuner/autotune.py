@@ -220,6 +220,12 @@ def closest_reason(reasons) -> list[str]:
 
 def no_plan_message(req: Request, infeasible: dict[str, str]) -> str:
     reasons = closest_reason(infeasible.values())
+    lo, hi = req.space.global_batch_range
+    if not any("needs at least" in r for r in reasons):  # no batch divides: not memory
+        return (f"no plan of {req.model.name} on {req.space.num_gpus} GPUs: {'; '.join(reasons)}"
+                f" (global batch {lo}-{hi} sequences of {req.model.seq_len} tokens); give a "
+                f"wider range, e.g. --global-batch {int(lo * 0.9)}-{int(hi * 1.1) + 1}, or a "
+                "count divisible by the data-parallel sizes")
     return (f"no plan of {req.model.name} fits {req.space.num_gpus} x {req.cluster.gpu.name}: "
             f"{'; '.join(reasons)}; use more GPUs, a larger-memory GPU, --zero 3 with "
             "--pp 1, or a smaller model")

@@ -10,6 +10,7 @@ from cost_models.cli_args import Parser
 from cost_models.specs import DEFAULT_ORDER, ZERO3_IMPLS, Estimate, Plan, SpecError
 from tuner import options as opt
 from tuner.plan_io import load_plan
+from tuner.space import check_load_factor
 
 
 def build_parser(prog: str = "autotune predict") -> argparse.ArgumentParser:
@@ -39,6 +40,11 @@ def build_parser(prog: str = "autotune predict") -> argparse.ArgumentParser:
 
 
 def _dp(args: argparse.Namespace) -> int:
+    if args.dp is not None and args.gpus is not None:
+        ranks = (args.tp or 1) * (args.pp or 1) * (args.cp or 1) * args.dp
+        if ranks != args.gpus:
+            raise SpecError(f"--gpus {args.gpus} but tp*pp*cp*dp = {ranks}; give one of "
+                            "--gpus and --dp")
     if args.dp is not None:
         return args.dp
     if args.gpus is None:
@@ -72,7 +78,10 @@ def table(plan: Plan, est: Estimate) -> str:
     gib = 2**30
     rows = [("plan", plan.name)]
     if plan.moe_load_factor != 1.0:
-        rows.append(("MoE load factor", f"{plan.moe_load_factor:g} (busiest expert rank)"))
+        used = min(plan.moe_load_factor, plan.ep)
+        capped = f", {used:g} used: at most ep={plan.ep}" if used < plan.moe_load_factor else ""
+        rows.append(("MoE load factor", f"{plan.moe_load_factor:g} (busiest expert rank"
+                                        f"{capped})"))
     rows += [("step time", f"{est.step_time_s:.3f} s"),
             ("MFU", f"{100 * est.mfu:.1f} %"),
             ("model TFLOP/s per GPU", f"{est.model_tflops_per_gpu:.1f}"),
@@ -114,9 +123,7 @@ def run(argv: list[str], prog: str = "autotune predict") -> int:
     from tuner.megatron import check_megatron
 
     check_megatron(model, plan)
-    if plan.moe_load_factor != 1.0 and not model.is_moe:
-        raise SpecError(f"--moe-load-factor {plan.moe_load_factor}: {model.name} is a dense "
-                        "model; the factor is the expert load imbalance of MoE models (drop it)")
+    check_load_factor(model, plan.moe_load_factor)
     est = estimate(model, cluster, plan)
     if args.json:
         doc = {"plan": plan.name, "step_time_s": est.step_time_s, "mfu": est.mfu,

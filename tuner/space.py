@@ -19,14 +19,20 @@ Constraints (Megatron-Core's, plus the ones it lets through silently):
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from cost_models.pipeline import EMBEDDING_AND_LOSS_SLOTS, pipeline_split
 from cost_models.plan_arrays import ORDERS, PRECISION_CODES, RECOMPUTE_CODES, PlanArrays
-from cost_models.specs import ClusterSpec, ModelSpec, Precision, Recompute, SpecError
+from cost_models.specs import (
+    ClusterSpec,
+    ModelSpec,
+    Precision,
+    Recompute,
+    SpecError,
+    load_factor_problem,
+)
 
 CP_MIN_SEQ_LEN = 8192
 MAX_GBS_CHOICES = 12
@@ -204,19 +210,20 @@ def inner_candidates(space: Space, layout: Layout) -> PlanArrays:
         moe_load_factor=np.full(n, float(space.knobs.moe_load_factor)))
 
 
+def check_load_factor(model: ModelSpec, load: float) -> None:
+    """--moe-load-factor as the user gave it (cost_models.specs.load_factor_problem)."""
+    problem = load_factor_problem(model, load)
+    if problem:
+        raise SpecError(f"--moe-load-factor {load!r}: {problem}")
+
+
 def check_space(space: Space) -> None:
     """One clear line when nothing in the space can be valid."""
     pinned_ep = space.knobs.ep
     if pinned_ep is not None and not space.model.is_moe and pinned_ep != (1,):
         raise SpecError(f"--ep {','.join(map(str, pinned_ep))}: {space.model.name} is a dense "
                         "model; expert parallelism needs experts (drop --ep)")
-    load = space.knobs.moe_load_factor
-    if not (math.isfinite(load) and load >= 1.0):
-        raise SpecError(f"--moe-load-factor {load!r} must be a number >= 1 (the busiest expert "
-                        "rank's tokens over the mean; 1: balanced routing)")
-    if load != 1.0 and not space.model.is_moe:
-        raise SpecError(f"--moe-load-factor {load!r}: {space.model.name} is a dense model; the "
-                        "factor is the expert load imbalance of MoE models (drop it)")
+    check_load_factor(space.model, space.knobs.moe_load_factor)
     if space.knobs.grad_reduce_in_bf16 and space.precision == Precision.FP16:
         raise SpecError("--grad-reduce-in-bf16 needs --precision bf16 or fp8 (fp16 runs "
                         "reduce gradients in fp16 already)")

@@ -28,6 +28,7 @@ def open_storage(url: str | None) -> optuna.storages.BaseStorage | None:
         path = url[len(JOURNAL_PREFIX):].removeprefix("//")
         if not path:
             raise SpecError("--storage journal: needs a file path, e.g. journal:/shared/s.log")
+        _check_journal(path, url)
         try:
             return JournalStorage(JournalFileBackend(path))
         except OSError as exc:
@@ -53,8 +54,33 @@ def open_storage(url: str | None) -> optuna.storages.BaseStorage | None:
     raise AssertionError("unreachable")
 
 
+def _check_journal(path: str, url: str) -> None:
+    """An existing journal starts with a JSON operation on its first line; anything else is
+    refused before Optuna appends to it."""
+    try:
+        with open(path, "rb") as handle:
+            first = handle.readline(1 << 20)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise SpecError(f"--storage {url!r}: cannot open the journal file: {exc}") from None
+    if not first.strip():
+        return
+    try:
+        ok = isinstance(json.loads(first), dict)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        ok = False
+    if not ok:
+        raise SpecError(f"--storage {url!r} holds something other than an Optuna journal; "
+                        "point it at a new file")
+
+
 def open_study(storage_url: str | None, study_name: str,
                sampler: optuna.samplers.BaseSampler) -> optuna.Study:
     storage = open_storage(storage_url)
-    return optuna.create_study(study_name=study_name, storage=storage, sampler=sampler,
-                               direction="maximize", load_if_exists=storage is not None)
+    try:
+        return optuna.create_study(study_name=study_name, storage=storage, sampler=sampler,
+                                   direction="maximize", load_if_exists=storage is not None)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # a corrupt line further on
+        raise SpecError(f"--storage {storage_url!r} holds something other than an Optuna "
+                        f"journal ({type(exc).__name__}); point it at a new file") from None

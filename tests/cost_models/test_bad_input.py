@@ -128,6 +128,10 @@ def _runs_with(tmp_path, *edits):
     ({"gpus_per_node": "-8"}, "gpus_per_node=-8 must be >= 1"),
     ({"flash_attention": "maybe"}, "flash_attention='maybe' must be 1 or 0"),
     ({"num_layers": "1e30"}, "is over 10,000"),
+    ({"precision": "bf16", "gpu": "V100-SXM3-32GB", "gpus_per_node": "16"},
+     "precision=bf16 but V100-SXM3-32GB has no bf16 tensor cores"),
+    ({"gpu": "H100X"}, "unknown gpu 'H100X'"),
+    ({"global_batch_size": "1e30"}, "is over 10,000,000"),
 ])
 def test_bad_cells_skip_the_row_with_the_reason(tmp_path, cells, reason):
     runs = _runs_with(tmp_path, cells, {})

@@ -112,6 +112,8 @@ def _autotune(*args):
     (("--model", "llama3-70b", "--gpus", "64", "--moe-load-factor", "1.5"), "dense model"),
     (("--model", "qwen3-235b-a22b", "--gpus", "256", "--moe-load-factor", "nan"),
      "must be a number >= 1"),
+    (("predict", "--model", "mixtral-8x22b", "--ep", "8", "--dp", "8", "--moe-load-factor",
+      "9"), "over 4 = experts / top-k of mixtral-8x22b"),
 ])
 def test_cli_rejects_a_bad_factor_in_one_line(args, needle):
     proc = _autotune(*args)

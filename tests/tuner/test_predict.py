@@ -90,3 +90,8 @@ def test_zero_degrees_are_refused_not_taken_as_one():
     for flag in ("--tp", "--pp", "--vpp", "--cp", "--global-batch"):
         assert "must be > 0" in _refused("--model", "llama3-8b", flag, "0")
     assert "--gpus 0 must be >= 1" in _refused("--model", "llama3-8b", "--gpus", "0")
+
+
+def test_gpus_and_dp_that_disagree_are_refused():
+    assert "--gpus 64 but tp*pp*cp*dp = 32" in _refused("--model", "llama3-8b", "--gpus", "64",
+                                                         "--dp", "32")

@@ -322,3 +322,16 @@ def test_cluster_profiles_with_impossible_values_are_refused(tmp_path):
     for i, (change, message) in enumerate(cases):
         path = write_json(tmp_path / f"c{i}.json", {**good, **change})
         fails(load_cluster, path, match=message)
+
+
+def test_hf_moe_layer_fields_out_of_range_are_one_line(tmp_path):
+    folder = tmp_path / "moe"
+    folder.mkdir()
+    base = {"num_hidden_layers": 8, "hidden_size": 256, "intermediate_size": 512,
+            "num_attention_heads": 4, "max_position_embeddings": 1024, "vocab_size": 1000,
+            "num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 128}
+    for extra, message in (({"decoder_sparse_step": 0}, "decoder_sparse_step=0 must be >= 1"),
+                           ({"first_k_dense_replace": 9}, "first_k_dense_replace=9 must be in"),
+                           ({"model_type": ["qwen3_moe"]}, "model_type=.* must be a string")):
+        write_json(folder / "config.json", {**base, **extra})
+        fails(load_model, str(folder / "config.json"), match=message)
