@@ -225,6 +225,19 @@ _JSON_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (st
                "Mlp": (str,), "Recompute": (str,), "Precision": (str,)}
 
 
+# A plan file always holds these (later fields have defaults so older files still load):
+# a hand-edited file missing one must not fall back to 1 silently.
+PLAN_CORE_FIELDS = ("tp", "pp", "vpp", "dp", "cp", "ep", "micro_batch_size",
+                    "global_batch_size", "recompute", "zero", "precision")
+
+
+def _require_fields(data: object, names: tuple[str, ...], where: str) -> None:
+    if isinstance(data, Mapping):
+        for name in names:
+            if name not in data:
+                raise SpecError(f"{where}.{name} is missing; {RECREATE_HINT}")
+
+
 def _spec_from_dict(kind: type, data: object, where: str) -> object:
     """Rebuild a spec dataclass, naming the first missing, unknown or mistyped field."""
     if not isinstance(data, Mapping):
@@ -327,17 +340,25 @@ def parse_plan(doc: object) -> LoadedPlan:
     """Validate a plan document (already parsed JSON) and rebuild its specs."""
     if not isinstance(doc, Mapping):
         raise SpecError("the top level must be a JSON object")
+    if doc.get("kind") != PLAN_KIND:
+        raise SpecError(f"kind is {doc.get('kind')!r}, not {PLAN_KIND!r}: not a partune plan "
+                        f"file; {RECREATE_HINT}")
     version = doc.get("schema_version")
-    if version != PLAN_SCHEMA_VERSION:
+    if type(version) is not int or version != PLAN_SCHEMA_VERSION:
         raise SpecError(f"schema_version is {version!r}, this partune ({tool_version()}) reads "
                         f"{PLAN_SCHEMA_VERSION}; {RECREATE_HINT}")
     model = _spec_from_dict(ModelSpec, doc.get("model"), "model")
+    _require_fields(doc.get("plan"), PLAN_CORE_FIELDS, "plan")
     plan = _spec_from_dict(Plan, doc.get("plan"), "plan")
     cluster, prediction = _cluster(_section(doc, "cluster")), _section(doc, "prediction")
     _check_prediction(prediction)
     _section(_section(doc, "provenance"), "cost_model")
     _check_launch(_section(doc, "launch"))
-    stored = _section(doc, "layout").get("num_gpus")
+    layout = _section(doc, "layout")
+    stored = layout.get("num_gpus")
+    nodes = layout.get("num_nodes")
+    if type(nodes) is not int or nodes < 1:
+        raise SpecError(f"layout.num_nodes={nodes!r} must be an integer >= 1; {RECREATE_HINT}")
     if stored != plan.num_gpus:
         raise SpecError(f"layout.num_gpus={stored!r} does not match the plan's "
                         f"tp*pp*dp*cp={plan.num_gpus}")

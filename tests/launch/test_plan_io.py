@@ -18,6 +18,7 @@ from tuner.plan_io import (
     PLAN_SCHEMA_VERSION,
     load_plan,
     make_provenance,
+    parse_plan,
     save_plan,
     time_to_train,
 )
@@ -222,3 +223,17 @@ def test_unreadable_files_are_one_line(tmp_path, text, expected):
     assert expected in str(caught.value) and "\n" not in str(caught.value)
     with pytest.raises(SpecError, match="does not exist"):
         load_plan(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d.pop("kind"), "kind is None, not 'partune.plan'"),
+    (lambda d: d.update(kind="other.tool"), "kind is 'other.tool'"),
+    (lambda d: d["plan"].pop("tp"), "plan.tp is missing"),
+    (lambda d: d.update(schema_version=True), "schema_version is True"),
+    (lambda d: d["layout"].update(num_nodes=0), "layout.num_nodes=0 must be an integer >= 1"),
+])
+def test_hand_edited_identity_fields_are_refused(edit, message):
+    doc = json.loads(json.dumps(document(*PLANS[0])))
+    edit(doc)
+    with pytest.raises(SpecError, match=message):
+        parse_plan(doc)
