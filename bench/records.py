@@ -247,10 +247,16 @@ def read_results(path: str | os.PathLike) -> Results:
               for number, line in enumerate(lines[1:-1], start=2) if line.strip()]
     if len(lines) > 1 and lines[-1].strip():
         parsed.append(_parse_last_line(path, len(lines), lines[-1]))
+    world = header.get("world_size") if isinstance(header.get("world_size"), int) else None
     for item, problem in parsed:
         if problem:
             problems.append(problem)
         if item is not None:
+            if world is not None and item.group_size * item.num_groups > world:
+                raise BadRecordError(f"{path}: a {item.collective.value} record of "
+                                     f"{item.num_groups} group(s) of {item.group_size} ranks "
+                                     f"does not fit the header's world of {world}; "
+                                     f"{FIX_LINE}")
             measurements.append(item)
     return Results(path=path, header=header, measurements=tuple(measurements),
                    problems=tuple(problems))
@@ -267,7 +273,34 @@ def _parse_header(path: str, line: str) -> dict:
     if header.get("schema") != SCHEMA_VERSION:
         raise ResultsError(f"{path}:1: schema {header.get('schema')!r} is not the supported "
                            f"{SCHEMA_VERSION}; re-run the benchmark with this version")
+    problem = header_problem(header)
+    if problem:
+        raise BadRecordError(f"{path}:1: header {problem}; repair the header or measure again")
     return header
+
+
+HEADER_BACKENDS = ("nccl", "gloo", "mpi")
+
+
+def header_problem(header: dict) -> str | None:
+    """What is inconsistent in a header's world description, or None (fields may be absent
+    in files of older versions): the backend is one the suite runs, the counts are integers
+    >= 1 and nodes x ranks per node is the world."""
+    backend = header.get("backend")
+    if backend is not None and backend not in HEADER_BACKENDS:
+        return f"backend {_short(backend)} is not one of {', '.join(HEADER_BACKENDS)}"
+    counts = {}
+    for name in ("world_size", "nodes", "ranks_per_node"):
+        value = header.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            return f"field {name!r} must be an integer >= 1, got {_short(value)}"
+        counts[name] = value
+    if len(counts) == 3 and counts["nodes"] * counts["ranks_per_node"] != counts["world_size"]:
+        return (f"nodes {counts['nodes']} x ranks_per_node {counts['ranks_per_node']} is not "
+                f"world_size {counts['world_size']}")
+    return None
 
 
 FIX_LINE = "repair or delete that line, or measure again"

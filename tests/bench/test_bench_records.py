@@ -160,6 +160,10 @@ def test_resuming_drops_a_truncated_last_line_and_ends_a_complete_one(tmp_path):
     ("hello", "not a bench results file"),
     ('{"kind": "measurement"}', "no header"),
     ('{"kind": "header", "schema": 99}', "schema 99"),
+    ('{"kind": "header", "schema": 1, "backend": "ucc"}', "backend 'ucc' is not one of"),
+    ('{"kind": "header", "schema": 1, "world_size": "four"}', "'world_size' must be an int"),
+    ('{"kind": "header", "schema": 1, "world_size": 4, "nodes": 2, "ranks_per_node": 3}',
+     "nodes 2 x ranks_per_node 3 is not world_size 4"),
 ])
 def test_unusable_headers_raise_one_clear_error(tmp_path, first_line, message):
     path = tmp_path / "r.jsonl"
@@ -170,7 +174,7 @@ def test_unusable_headers_raise_one_clear_error(tmp_path, first_line, message):
 
 def test_error_record_is_a_problem(tmp_path):
     path = tmp_path / "r.jsonl"
-    w = ResultsWriter(path, make_header(command="t", backend="gloo", world_size=2))
+    w = ResultsWriter(path, make_header(command="t", backend="gloo", world_size=4))
     w.write(sample())
     w.write_error("rank 1 died", 0)
     w.close()
@@ -189,3 +193,11 @@ def test_bus_bandwidth_matches_nccl_tests_by_hand():
     # broadcast and send/recv: factor 1.
     assert busbw_gbps(Collective.BROADCAST, 1e8, 0.01, 8) == pytest.approx(10.0)
     assert BUS_FACTOR[Collective.SEND_RECV](2) == 1.0
+
+
+def test_a_record_larger_than_the_world_is_an_error(tmp_path):
+    path = tmp_path / "r.jsonl"
+    write(path, [sample(1024), sample(2048, group_size=8)])  # the header's world is 4
+    with pytest.raises(BadRecordError, match="1 group.* of 8 ranks does not fit the header's "
+                                             "world of 4"):
+        read_results(path)
