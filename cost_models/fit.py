@@ -129,6 +129,18 @@ def _expand(paths: list[str]) -> list[str]:
             raise FitError(f"{p} holds no .jsonl results files; name the folder or files "
                            "that `partune-bench -o` wrote")
         out.extend(found)
+    return _once(out)
+
+
+def _once(paths: list[str]) -> list[str]:
+    """Each file once, however it was named (a file given twice, or inside a folder also
+    given, would count its measurements twice in the fit)."""
+    seen, out = set(), []
+    for p in paths:
+        key = os.path.realpath(p)
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
     return out
 
 

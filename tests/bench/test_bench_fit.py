@@ -382,3 +382,18 @@ def test_every_error_is_labelled_with_the_console_script_name(tmp_path, capsys):
     assert flag.returncode == 2 and flag.stderr.startswith("partune-fit: error: ")
     code, err, _ = _fit_cli(capsys, tmp_path / "missing.jsonl", "-o", tmp_path / "c.json")
     assert code == 2 and err[0].startswith("partune-fit: error: ")
+
+
+def test_a_file_named_twice_counts_once(tmp_path, capsys):
+    """A file named twice (also inside a folder given) must not weigh double against another
+    file: fitting A, B and A, A/, B gives the same profile."""
+    a_dir = tmp_path / "a"
+    a_dir.mkdir()
+    a, b = a_dir / "a.jsonl", tmp_path / "b.jsonl"
+    synthetic(a, [Collective.ALL_REDUCE], noise=0.2, seed=1)
+    synthetic(b, [Collective.ALL_GATHER], noise=0.2, seed=2)
+    once, twice = tmp_path / "once.json", tmp_path / "twice.json"
+    assert _fit_cli(capsys, a, b, "-o", once)[0] == 0
+    assert _fit_cli(capsys, a, a_dir, str(a), b, "-o", twice)[0] == 0
+    first, second = json.loads(once.read_text()), json.loads(twice.read_text())
+    assert first["tiers"] == second["tiers"]
