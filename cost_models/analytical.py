@@ -21,8 +21,10 @@ from cost_models.comm_terms import (
     cp_comm_per_layer_s,
     dp_comm_s,
     ep_comm_per_layer_s,
+    ep_passes,
     pp_comm_s,
     tp_comm_per_layer_s,
+    tp_passes,
 )
 from cost_models.compute import (
     host_issue_s,
@@ -36,13 +38,7 @@ from cost_models.flops import model_flops_per_token
 from cost_models.memory import memory_breakdown, stage_param_counts
 from cost_models.pipeline import inner_and_last_layers, last_stage_extra
 from cost_models.placement import group_ranks_per_node
-from cost_models.plan_arrays import (
-    FULL_RECOMPUTE,
-    MOE_RECOMPUTE,
-    PRECISION_CODES,
-    PlanArrays,
-    from_plans,
-)
+from cost_models.plan_arrays import PRECISION_CODES, PlanArrays, from_plans
 from cost_models.specs import ClusterSpec, Estimate, ModelSpec, Plan
 
 # Adam step: read and write the fp32 weight, m and v (24 B), read the fp32 gradient (4 B),
@@ -141,14 +137,11 @@ def hidden_comm_cost_s(comm_s, window_s) -> np.ndarray:
 def intra_node_comm_s(plans: PlanArrays, k: dict, mb: dict) -> tuple[np.ndarray, np.ndarray]:
     """(forward, backward) seconds per micro-batch of the TP and EP collectives that stay
     inside a node (NVLink): data-parallel traffic crosses the network and runs on the NICs
-    meanwhile. Each runs once forward, once backward and once more in a recomputed forward
-    (which runs inside the backward pass): the passes comm_terms counts."""
-    full = plans.recompute == FULL_RECOMPUTE
+    meanwhile. One of each collective's passes (comm_terms.tp_passes / ep_passes) is in the
+    forward pass; the others, a recomputed forward included, run inside the backward pass."""
     tp = np.where(k["tp"] >= plans.tp, mb["tp_comm"], 0.0)
     ep = np.where(k["ep"] >= plans.ep, mb["ep_comm"], 0.0)
-    tp_passes = np.where(full, 3.0, 2.0)
-    ep_passes = np.where(full | (plans.recompute == MOE_RECOMPUTE), 3.0, 2.0)
-    forward = tp / tp_passes + ep / ep_passes
+    forward = tp / tp_passes(plans) + ep / ep_passes(plans)
     return forward, tp + ep - forward
 
 

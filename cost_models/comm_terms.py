@@ -69,6 +69,19 @@ def grad_bytes_per_param(plans: PlanArrays) -> np.ndarray:
     return np.where(fp16 | (plans.zero == 3) | plans.grad_reduce_in_bf16, 2.0, 4.0)
 
 
+def tp_passes(plans: PlanArrays) -> np.ndarray:
+    """Times a layer's TP collectives run per micro-batch: forward, backward, and the
+    forward again under full recomputation."""
+    return np.where(plans.recompute == FULL_RECOMPUTE, 3.0, 2.0)
+
+
+def ep_passes(plans: PlanArrays) -> np.ndarray:
+    """Times an MoE layer's dispatch + combine run per micro-batch: forward, backward, and
+    again when the layer or its MoE block is recomputed."""
+    redone = (plans.recompute == FULL_RECOMPUTE) | (plans.recompute == MOE_RECOMPUTE)
+    return np.where(redone, 3.0, 2.0)
+
+
 def tp_pair_time_s(size_bytes, plans: PlanArrays, k, cluster: ClusterSpec) -> np.ndarray:
     """One TP all-reduce, or its reduce-scatter + all-gather pair under sequence parallel."""
     ar = collective_time_s(AR, size_bytes, plans.tp, k, cluster)
@@ -82,8 +95,7 @@ def tp_comm_per_layer_s(model: ModelSpec, plans: PlanArrays, k, cluster: Cluster
     tokens = plans.micro_batch_size * model.seq_len / plans.cp
     size = tokens * model.hidden_size * ACT_BYTES
     per_pass = 1.0 if moe else 2.0
-    passes = np.where(plans.recompute == FULL_RECOMPUTE, 3.0, 2.0)
-    return per_pass * passes * tp_pair_time_s(size, plans, k, cluster)
+    return per_pass * tp_passes(plans) * tp_pair_time_s(size, plans, k, cluster)
 
 
 def cp_comm_per_layer_s(model: ModelSpec, plans: PlanArrays, k, cluster: ClusterSpec):
@@ -139,10 +151,8 @@ def ep_comm_per_layer_s(model: ModelSpec, plans: PlanArrays, k, cluster: Cluster
     remote = tokens * remote_copies_per_token(model, nodes) * token_bytes
     local = tokens * model.moe_topk * token_bytes
     size = np.where(nodes > 1, remote * n / np.maximum(n - kk, 1.0), local)
-    redone = (plans.recompute == FULL_RECOMPUTE) | (plans.recompute == MOE_RECOMPUTE)
-    passes = np.where(redone, 3.0, 2.0)
-    busiest = size * busiest_rank_load(model.num_experts, model.moe_topk, plans)
-    return 2.0 * passes * collective_time_s(A2A, busiest, plans.ep, k, cluster)
+    busiest = size * busiest_rank_load(model, plans)
+    return 2.0 * ep_passes(plans) * collective_time_s(A2A, busiest, plans.ep, k, cluster)
 
 
 def pp_comm_s(model: ModelSpec, plans: PlanArrays, k, cluster: ClusterSpec) -> np.ndarray:

@@ -137,7 +137,7 @@ def elementwise_bytes_per_token(model: ModelSpec, plans: PlanArrays, moe: bool) 
     tp_div = np.where(plans.sequence_parallel, plans.tp, 1)
     rotary = 2 * rotary_width(model)
     fp8 = plans.precision == PRECISION_CODES.index(Precision.FP8)
-    load = busiest_rank_load(model.num_experts, model.moe_topk, plans)
+    load = busiest_rank_load(model, plans)
     casts = np.where(fp8, fp8_cast_bytes_per_token(model, moe, load), 0.0)
     return (ELEMENT_BYTES * (15.0 * h / tp_div + rotary / plans.tp)
             + ffn_elementwise_bytes_per_token(model, plans, moe) + casts / plans.tp)
@@ -156,7 +156,7 @@ def ffn_elementwise_bytes_per_token(model: ModelSpec, plans: PlanArrays, moe: bo
     routed copy's activation plus the token permutation (copy in and out, 4h), on the
     busiest expert rank."""
     if moe:
-        act = routed_copies(model.num_experts, model.moe_topk, plans) * (
+        act = routed_copies(model, plans) * (
             mlp_matrices(model.mlp) * model.moe_ffn_hidden_size + 4 * model.hidden_size)
     else:
         act = mlp_matrices(model.mlp) * model.ffn_hidden_size
@@ -190,7 +190,7 @@ def layer_times(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays,
         return sum(grouped_gemm_time_s(g, peak, curve) for g in gemms)
 
     attention = products_s(attention_gemms(model, tokens, plans.tp))
-    load = busiest_rank_load(model.num_experts, model.moe_topk, plans)
+    load = busiest_rank_load(model, plans)
     ffn = products_s(ffn_gemms(model, tokens, plans.tp, plans.ep, moe, load))
     flash_fwd, flash_bwd = flash_attention_s(model, cluster, plans, tokens)
     unfused_fwd, unfused_bwd = unfused_attention_s(model, cluster, plans, tokens, curve)
@@ -243,7 +243,7 @@ def selective_recompute_s(model: ModelSpec, cluster: ClusterSpec, plans: PlanArr
     tokens = plans.micro_batch_size * model.seq_len / plans.cp
     h = model.hidden_size
     tp_div = np.where(plans.sequence_parallel, plans.tp, 1)
-    copies = routed_copies(model.num_experts, model.moe_topk, plans) if moe else 1
+    copies = routed_copies(model, plans) if moe else 1
     f = model.moe_ffn_hidden_size if moe else model.ffn_hidden_size
     act = copies * mlp_matrices(model.mlp) * f / plans.tp if moe and not whole_moe else 0.0
     passes = ELEMENT_BYTES * (4.0 * h / tp_div + act)

@@ -64,7 +64,7 @@ def load_frame(paths: list[str]) -> tuple[pd.DataFrame, list[dict], list[str]]:
         rows = pd.DataFrame([asdict(m) for m in results.measurements])
         rows["collective"] = rows["collective"].map(lambda c: Collective(c).value)
         rows["file"] = path
-        rows["gpus_per_node"] = header_ranks_per_node(path, results.header)
+        rows["gpus_per_node"] = results.header.get("ranks_per_node", 1)  # read_results checked
         rows["library"] = library_of(results.header)
         if rows["library"].iloc[0] == "mpi" and not mpi_algorithms_pinned(results.header):
             problems.append(f"{path}: MPI run without the suite's pinned MPICH algorithms "
@@ -79,15 +79,6 @@ def load_frame(paths: list[str]) -> tuple[pd.DataFrame, list[dict], list[str]]:
         why = f": {problems[0]}" + (f" (and {len(problems) - 1} more)" if problems[1:] else "")
         raise FitError("no usable measurements in " + ", ".join(paths) + why)
     return pd.concat(frames, ignore_index=True), headers, problems
-
-
-def header_ranks_per_node(path: str, header: dict) -> int:
-    """The ranks per node a file's header records (1 when absent), checked."""
-    value = header.get("ranks_per_node", 1)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise FitError(f"{path}:1: header field 'ranks_per_node' must be an integer >= 1, got "
-                       f"{value!r}; repair the header or measure again")
-    return value
 
 
 def library_of(header: dict) -> str:

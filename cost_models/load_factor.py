@@ -18,8 +18,8 @@ from dataclasses import dataclass, replace
 
 from cost_models.analytical import estimate
 from cost_models.cli_args import Parser
-from cost_models.specs import SpecError
-from cost_models.validate import Row, best_candidate, cluster_for_row, parse_rows, read_rows
+from cost_models.specs import Plan, SpecError
+from cost_models.validate import Row, best_candidate, parse_rows, read_rows
 
 PROG = "python -m cost_models.load_factor"
 MAX_FACTOR = 8.0  # a busiest rank with 8x the mean tokens: beyond any published router
@@ -35,24 +35,24 @@ class PairResult:
     dropless_error_at_1: float  # the dropless row's prediction error at factor 1 (fraction)
 
 
-def step_time_s(row: Row, factor: float) -> float:
-    """The row's plan (chosen as `autotune validate` chooses it) at this load factor."""
-    plan, _ = best_candidate(row)
+def step_time_s(row: Row, factor: float, plan: Plan | None = None) -> float:
+    """The row's plan (chosen as `autotune validate` chooses it, unless given) at this load
+    factor."""
+    plan = plan or best_candidate(row)[0]
     return estimate(row.model, row.cluster, replace(plan, moe_load_factor=factor)).step_time_s
 
 
 def implied_factor(row: Row, ratio: float) -> float:
     """Bisect the factor f >= 1 with step(f) / step(1) = ratio (the step grows with f)."""
-    base = step_time_s(row, 1.0)
-    if ratio <= 1.0:
-        return 1.0
+    plan = best_candidate(row)[0]
+    base = step_time_s(row, 1.0, plan)
     low, high = 1.0, MAX_FACTOR
-    if step_time_s(row, high) / base < ratio:
+    if step_time_s(row, high, plan) / base < ratio:
         raise SpecError(f"{row.id}: a load factor of {MAX_FACTOR:g} does not explain a "
                         f"{ratio:.2f}x slowdown; the pair differs in more than routing")
     while high - low > TOLERANCE:
         mid = (low + high) / 2
-        low, high = (mid, high) if step_time_s(row, mid) / base < ratio else (low, mid)
+        low, high = (mid, high) if step_time_s(row, mid, plan) / base < ratio else (low, mid)
     return (low + high) / 2
 
 
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         raw = read_rows(args.runs)
-        parsed = list(parse_rows(raw, cluster_for_row))
+        parsed = list(parse_rows(raw))
         rows = {r.id: r for r in parsed if isinstance(r, Row)}
         skipped = {r.id: r.reason for r in parsed if not isinstance(r, Row)}
         pairs = [_pair(text) for text in args.pairs]

@@ -109,25 +109,26 @@ def _read_mapping(path: Path) -> dict:
                         ) from None
     except OSError as error:
         raise SpecError(f"{path}: cannot read ({error.strerror or error})") from None
-    if path.suffix.lower() in (".yaml", ".yml"):
-        import yaml
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as error:
-            raise SpecError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
-        except (RecursionError, ValueError):
-            raise SpecError(f"{path}: nested too deeply or a number too large to read; "
-                            "a model or cluster file is a flat object") from None
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise SpecError(f"{path}: not valid JSON ({error.msg} at line {error.lineno} "
-                            f"column {error.colno})") from None
-        except (RecursionError, ValueError):
-            raise SpecError(f"{path}: nested too deeply or a number too large to read; "
-                            "a model or cluster file is a flat object") from None
+    yaml_file = path.suffix.lower() in (".yaml", ".yml")
+    try:
+        data = _parse_yaml(path, text) if yaml_file else json.loads(text)
+    except json.JSONDecodeError as error:
+        raise SpecError(f"{path}: not valid JSON ({error.msg} at line {error.lineno} "
+                        f"column {error.colno})") from None
+    except SpecError:  # not valid YAML, said by _parse_yaml
+        raise
+    except (RecursionError, ValueError):
+        raise SpecError(f"{path}: nested too deeply or a number too large to read; "
+                        "a model or cluster file is a flat object") from None
     return _require_mapping(data, str(path))
+
+
+def _parse_yaml(path: Path, text: str) -> object:
+    import yaml
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise SpecError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
 
 
 def _looks_like_file(ref: str) -> bool:

@@ -127,7 +127,7 @@ def layer_activation_bytes_per_token(model: ModelSpec, plans: PlanArrays, moe: b
     attn = ACT_BYTES * (model.q_dim + model.k_dim + model.v_dim + model.o_dim)
     latents = ACT_BYTES * model.mla_latent_dim
     # on the busiest expert rank
-    copies = routed_copies(model.num_experts, model.moe_topk, plans) if moe else 1
+    copies = routed_copies(model, plans) if moe else 1
     f = model.moe_ffn_hidden_size if moe else model.ffn_hidden_size
     act_out = ACT_BYTES * copies * f
     mlp = ACT_BYTES * copies * (mats - 1) * f + act_out

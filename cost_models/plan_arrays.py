@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from cost_models.specs import AXES, Plan, Precision, Recompute
+from cost_models.specs import AXES, ModelSpec, Plan, Precision, Recompute
 
 RECOMPUTE_CODES = (Recompute.NONE, Recompute.SELECTIVE, Recompute.FULL, Recompute.MOE)
 FULL_RECOMPUTE = RECOMPUTE_CODES.index(Recompute.FULL)
@@ -98,15 +98,15 @@ def to_plan(arrays: PlanArrays, i: int) -> Plan:
                 moe_load_factor=float(arrays.moe_load_factor[i]))
 
 
-def busiest_rank_load(num_experts: int, moe_topk: int, plans: PlanArrays) -> np.ndarray:
+def busiest_rank_load(model: ModelSpec, plans: PlanArrays) -> np.ndarray:
     """The plan's moe_load_factor as it can happen: a rank holds num_experts/ep experts and a
     token sends at most min(topk, num_experts/ep) copies to one rank, so the busiest rank
-    gets at most min(ep, num_experts/topk) times the mean (1 with one expert rank)."""
-    cap = np.maximum(np.minimum(plans.ep, num_experts / max(moe_topk, 1)), 1.0)
+    gets at most min(ep, model.max_moe_load_factor) times the mean (1 with one expert rank)."""
+    cap = np.maximum(np.minimum(plans.ep, model.max_moe_load_factor), 1.0)
     return np.clip(plans.moe_load_factor, 1.0, cap)
 
 
-def routed_copies(num_experts: int, moe_topk: int, plans: PlanArrays) -> np.ndarray:
+def routed_copies(model: ModelSpec, plans: PlanArrays) -> np.ndarray:
     """Routed copies of each token the busiest expert-parallel rank processes: top-k on
     average, times the load factor (the rank every other one waits for)."""
-    return moe_topk * busiest_rank_load(num_experts, moe_topk, plans)
+    return model.moe_topk * busiest_rank_load(model, plans)

@@ -184,6 +184,13 @@ class ModelSpec:
         return self.num_experts > 1
 
     @property
+    def max_moe_load_factor(self) -> float:
+        """The most tokens one expert rank can get over the mean: every token's top-k copies
+        (experts / top-k; 1 for a dense model). An expert-parallel group of ep ranks caps it
+        further, at ep (plan_arrays.busiest_rank_load)."""
+        return max(self.num_experts / max(self.moe_topk, 1), 1.0)
+
+    @property
     def num_moe_layers(self) -> int:
         return round(self.num_layers * self.moe_layer_freq) if self.is_moe else 0
 
@@ -334,19 +341,20 @@ class ClusterSpec:
 ZERO3_IMPLS = ("fsdp", "deepspeed")
 
 
+LOAD_FACTOR_RANGE = ("must be a number >= 1 (the busiest expert rank's tokens over the mean; "
+                     "1: balanced routing)")
+
+
 def load_factor_problem(model: ModelSpec, load: float) -> str | None:
     """Why a moe_load_factor cannot describe `model`, or None: it is >= 1, for MoE models
-    only, and at most experts / top-k (the busiest rank then holds every token's copies; an
-    expert-parallel group of ep ranks caps it further, at ep, which the cost model applies
-    per plan)."""
+    only, and at most model.max_moe_load_factor."""
     if not (math.isfinite(load) and load >= 1.0):
-        return ("must be a number >= 1 (the busiest expert rank's tokens over the mean; 1: "
-                "balanced routing)")
+        return LOAD_FACTOR_RANGE
     if load != 1.0 and not model.is_moe:
         return (f"{model.name} is a dense model; the factor is the expert load imbalance of "
                 "MoE models (drop it)")
-    most = model.num_experts / max(model.moe_topk, 1)
-    if model.is_moe and load > most:
+    most = model.max_moe_load_factor
+    if load > most:
         return f"over {most:g} = experts / top-k of {model.name}: no rank can receive more"
     return None
 
@@ -408,8 +416,7 @@ class Plan:
         load = self.moe_load_factor
         _require(isinstance(load, (int, float)) and not isinstance(load, bool)
                  and math.isfinite(load) and load >= 1.0,
-                 f"plan.moe_load_factor={self.moe_load_factor!r} must be a number >= 1 (the "
-                 "busiest expert rank's tokens over the mean; 1: balanced routing)")
+                 f"plan.moe_load_factor={self.moe_load_factor!r} {LOAD_FACTOR_RANGE}")
         _require(not self.grad_reduce_in_bf16 or self.precision != Precision.FP16,
                  "plan.grad_reduce_in_bf16 needs bf16 or fp8 (fp16 runs reduce in fp16)")
         per_step = self.micro_batch_size * self.dp

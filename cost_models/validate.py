@@ -159,7 +159,7 @@ MLP_ALIASES = {"squared_relu": "relu2", "squared-relu": "relu2", "relu^2": "relu
 
 
 def _word(row: dict, name: str) -> str:
-    return (row.get(name) or "").strip().lower()
+    return _cell(row, name).lower()
 
 
 def _choices(row: dict, name: str, allowed: tuple) -> tuple:
@@ -200,10 +200,7 @@ def row_candidates(row: dict, model: ModelSpec) -> tuple[Plan, ...]:
     vpp_all = (vpp_all or (1,)) if pp > 1 else (1,)
     flash = uses_flash_attention(row)
     bf16_grads, impl = reduces_grads_in_bf16(row), zero3_impl(row)
-    load = moe_load_factor(row)
-    problem = load_factor_problem(model, load)
-    if problem:
-        raise SpecError(f"moe_load_factor={load:g}: {problem}")
+    load = moe_load_factor(row, model)
     modern = publication_year(row) >= MEGATRON_2022_FEATURES_YEAR
     space = itertools.product(
         _choices(row, "micro_batch_size", mbs_all), _choices(row, "vpp", vpp_all),
@@ -249,11 +246,11 @@ def reduces_grads_in_bf16(row: dict) -> bool:
     return bool(_flag(row, "grad_reduce_in_bf16"))
 
 
-def moe_load_factor(row: dict) -> float:
+def moe_load_factor(row: dict, model: ModelSpec) -> float:
     """Optional column `moe_load_factor` (Plan.moe_load_factor); empty or absent: 1, the
     balanced routing of a forced-balance benchmark (a dropless run's imbalance is not in
     the schema, so such rows are predicted as if balanced unless the column says)."""
-    stated = (row.get("moe_load_factor") or "").strip()
+    stated = _cell(row, "moe_load_factor")
     if not stated:
         return 1.0
     try:
@@ -262,6 +259,9 @@ def moe_load_factor(row: dict) -> float:
         value = float("nan")
     if not (math.isfinite(value) and value >= 1.0):
         raise SpecError(f"moe_load_factor={stated!r} must be a number >= 1")
+    problem = load_factor_problem(model, value)
+    if problem:
+        raise SpecError(f"moe_load_factor={value:g}: {problem}")
     return value
 
 
@@ -293,7 +293,7 @@ def _check_precision(row: dict, cluster: ClusterSpec) -> None:
         raise SpecError(f"precision={word} but {cluster.gpu.name} has no {word} tensor cores")
 
 
-def parse_rows(rows: list[dict], cluster_for_row: Callable[[dict], ClusterSpec]
+def parse_rows(rows: list[dict], cluster_of: Callable[[dict], ClusterSpec] = cluster_for_row
                ) -> Iterator[Row | Skipped]:
     seen = set()
     for number, row in enumerate(rows, start=2):  # line 1 is the header
@@ -311,7 +311,7 @@ def parse_rows(rows: list[dict], cluster_for_row: Callable[[dict], ClusterSpec]
             ref_s = _number(row, "ref_iter_time_s")
             if ref_s <= 0:
                 raise SpecError(f"ref_iter_time_s={ref_s:g} must be > 0")
-            cluster = cluster_for_row(row)
+            cluster = cluster_of(row)
             _check_precision(row, cluster)
             yield Row(id=rid, model=model, cluster=cluster,
                       candidates=row_candidates(row, model), ref_iter_time_s=ref_s)

@@ -25,6 +25,9 @@ from tuner.space import Knobs, Space, check_space, layouts
 from tuner.storage import open_study
 
 PROGRESS_MIN_LAYOUTS = 200
+MAX_GPUS = 1_000_000  # the largest clusters hold ~200k GPUs; more is a typo
+MAX_BATCH_SEQUENCES = 10_000_000
+MAX_TRIALS = 1_000_000
 
 
 def build_parser(prog: str = "autotune") -> argparse.ArgumentParser:
@@ -134,16 +137,10 @@ def _batch_range(args: argparse.Namespace, seq_len: int) -> tuple[tuple[int, int
     return seqs, f"{note} = {seqs[0]}-{seqs[1]} sequences of {seq_len}"
 
 
-def _check_batch(gbs_range: tuple[int, int]) -> tuple[int, int]:
+def _check_batch(gbs_range: tuple[int, int]) -> None:
     if gbs_range[1] > MAX_BATCH_SEQUENCES:
         raise SpecError(f"global batch of {gbs_range[1]:,} sequences is over "
                         f"{MAX_BATCH_SEQUENCES:,}; give a smaller --global-batch")
-    return gbs_range
-
-
-MAX_GPUS = 1_000_000  # the largest clusters hold ~200k GPUs; more is a typo
-MAX_BATCH_SEQUENCES = 10_000_000
-MAX_TRIALS = 1_000_000
 
 
 def _gpus(args: argparse.Namespace) -> int:
@@ -175,7 +172,7 @@ def build_request(args: argparse.Namespace) -> Request:
     check_flags(args)
     model, cluster, default = opt.load_inputs(args)
     gbs_range, note = _batch_range(args, model.seq_len)
-    gbs_range = _check_batch(gbs_range)
+    _check_batch(gbs_range)
     space = Space(model=model, cluster=cluster, num_gpus=_gpus(args),
                   global_batch_range=gbs_range, precision=Precision(args.precision),
                   knobs=_knobs(args))

@@ -7,7 +7,8 @@ import json
 
 from cost_models.analytical import estimate
 from cost_models.cli_args import Parser
-from cost_models.specs import DEFAULT_ORDER, ZERO3_IMPLS, Estimate, Plan, SpecError
+from cost_models.plan_arrays import busiest_rank_load, from_plans
+from cost_models.specs import DEFAULT_ORDER, ZERO3_IMPLS, Estimate, ModelSpec, Plan, SpecError
 from tuner import options as opt
 from tuner.plan_io import load_plan
 from tuner.space import check_load_factor
@@ -74,11 +75,11 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
                 moe_load_factor=args.moe_load_factor)
 
 
-def table(plan: Plan, est: Estimate) -> str:
+def table(model: ModelSpec, plan: Plan, est: Estimate) -> str:
     gib = 2**30
     rows = [("plan", plan.name)]
     if plan.moe_load_factor != 1.0:
-        used = min(plan.moe_load_factor, plan.ep)
+        used = float(busiest_rank_load(model, from_plans([plan]))[0])
         capped = f", {used:g} used: at most ep={plan.ep}" if used < plan.moe_load_factor else ""
         rows.append(("MoE load factor", f"{plan.moe_load_factor:g} (busiest expert rank"
                                         f"{capped})"))
@@ -135,5 +136,5 @@ def run(argv: list[str], prog: str = "autotune predict") -> int:
                "infeasible_reason": est.infeasible_reason}
         print(json.dumps(doc, indent=2))
     else:
-        print(table(plan, est))
+        print(table(model, plan, est))
     return 0

@@ -34,8 +34,7 @@ def open_storage(url: str | None) -> optuna.storages.BaseStorage | None:
         except OSError as exc:
             raise SpecError(f"--storage {url!r}: cannot open the journal file: {exc}") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # replays the log on open
-            raise SpecError(f"--storage {url!r} holds something other than an Optuna journal "
-                            f"({type(exc).__name__}); point it at a new file") from None
+            raise _not_a_journal(url, exc) from None
     if "://" not in url:
         raise SpecError(f"--storage {url!r} is not a storage URL; use journal:PATH or an RDB "
                         "URL such as sqlite:///study.db")
@@ -71,8 +70,13 @@ def _check_journal(path: str, url: str) -> None:
     except (json.JSONDecodeError, UnicodeDecodeError):
         ok = False
     if not ok:
-        raise SpecError(f"--storage {url!r} holds something other than an Optuna journal; "
-                        "point it at a new file")
+        raise _not_a_journal(url)
+
+
+def _not_a_journal(url: str | None, exc: Exception | None = None) -> SpecError:
+    why = f" ({type(exc).__name__})" if exc else ""
+    return SpecError(f"--storage {url!r} holds something other than an Optuna journal{why}; "
+                     "point it at a new file")
 
 
 def open_study(storage_url: str | None, study_name: str,
@@ -82,5 +86,4 @@ def open_study(storage_url: str | None, study_name: str,
         return optuna.create_study(study_name=study_name, storage=storage, sampler=sampler,
                                    direction="maximize", load_if_exists=storage is not None)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # a corrupt line further on
-        raise SpecError(f"--storage {storage_url!r} holds something other than an Optuna "
-                        f"journal ({type(exc).__name__}); point it at a new file") from None
+        raise _not_a_journal(storage_url, exc) from None

@@ -22,7 +22,6 @@ from cost_models.validate import (
     Row,
     Skipped,
     best_candidate,
-    cluster_for_row,
     parse_rows,
     read_rows,
 )
@@ -101,7 +100,7 @@ def run(argv: list[str], prog: str = "autotune validate") -> int:
     raw = read_rows(Path(args.runs))
     by_id = {r.get("id", ""): r for r in raw}
     records, skipped = [], []
-    for item in parse_rows(raw, cluster_for_row):
+    for item in parse_rows(raw):
         if isinstance(item, Skipped):
             skipped.append(item)
         else:

@@ -16,7 +16,7 @@ from cost_models.flops import expert_gemms
 from cost_models.load_factor import analyse_pair
 from cost_models.plan_arrays import from_plans
 from cost_models.specs import Plan, SpecError
-from cost_models.validate import Row, cluster_for_row, parse_rows, read_rows, row_candidates
+from cost_models.validate import Row, parse_rows, read_rows, row_candidates
 
 DEV = "cost_models/data/published_runs_dev.csv"
 H100 = cluster_preset("dgx-h100")
@@ -81,9 +81,9 @@ def _zoo_row(**cells):
 
 
 def test_validate_reads_an_optional_column():
-    model_row = next(r for r in parse_rows([_zoo_row()], cluster_for_row))
+    model_row = next(r for r in parse_rows([_zoo_row()]))
     assert {p.moe_load_factor for p in model_row.candidates} == {1.0}
-    stated = next(r for r in parse_rows([_zoo_row(moe_load_factor="1.5")], cluster_for_row))
+    stated = next(r for r in parse_rows([_zoo_row(moe_load_factor="1.5")]))
     assert {p.moe_load_factor for p in stated.candidates} == {1.5}
     with pytest.raises(SpecError, match="moe_load_factor='lots' must be a number >= 1"):
         row_candidates(_zoo_row(moe_load_factor="lots"), model_row.model)
@@ -92,7 +92,7 @@ def test_validate_reads_an_optional_column():
 def test_published_dropless_pairs_imply_one_factor():
     """The four ModelZoo forced-balance/dropless pairs (16K-128K tokens, slowdowns 9-25%)
     are explained by one load factor to within 0.05: the slowdown is the experts' work."""
-    rows = {r.id: r for r in parse_rows(read_rows(DEV), cluster_for_row)
+    rows = {r.id: r for r in parse_rows(read_rows(DEV))
             if isinstance(r, Row)}
     factors = [analyse_pair(rows, f"zoo-qwen3-235b-s{s}-forced",
                             f"zoo-qwen3-235b-s{s}-dropless").implied_factor
@@ -141,7 +141,7 @@ def test_the_busiest_rank_cannot_get_more_than_all_its_experts_tokens():
     mixtral = model_preset("mixtral-8x22b")
     plans = from_plans([Plan(dp=8, ep=ep, global_batch_size=8, moe_load_factor=f)
                         for ep, f in ((8, 1e308), (8, 3.0), (2, 10.0), (1, 5.0))])
-    assert busiest_rank_load(mixtral.num_experts, mixtral.moe_topk, plans).tolist() == \
+    assert busiest_rank_load(mixtral, plans).tolist() == \
         [4.0, 3.0, 2.0, 1.0]
 
 
