@@ -115,11 +115,13 @@ def cpu_stand_ins() -> None:
     moe_utils.te_general_gemm = None
 
 
-def megatron_layer_ops(layers: int, experts: int) -> tuple[int, int]:
-    """Operators of a whole tiny GPTModel step (`experts` 0: dense)."""
+def megatron_layer_ops(layers: int, experts: int, fused: bool) -> tuple[int, int]:
+    """Operators of a whole tiny GPTModel step (`experts` 0: dense; `fused`: the attention
+    core is one fused kernel, as with flash attention or Transformer Engine)."""
     import torch
     from megatron.core.transformer.moe import moe_utils
 
+    from bench.megatron_layer import layer_spec, moe_config
     from bench.megatron_step import build_gpt, fwd_bwd_fn, transformer_config
 
     moe = {"num_experts": experts, "moe_topk": MOE_TOPK, "moe_ffn_hidden_size": 64,
@@ -127,14 +129,10 @@ def megatron_layer_ops(layers: int, experts: int) -> tuple[int, int]:
     model = ModelSpec(name="tiny", num_layers=layers, **TINY, **moe)
     config = transformer_config(model, Plan(global_batch_size=1), torch.float32)
     if experts:
-        config.moe_token_dispatcher_type = "alltoall"
-        config.moe_router_load_balancing_type = "aux_loss"
-        config.moe_aux_loss_coeff = 1e-3
-        config.qk_layernorm = True
+        moe_config(config)
     moe_utils.get_moe_layer_wise_logging_tracker().clear()
     cpu = torch.device("cpu")
-    gpt = build_gpt(model, config, cpu, num_experts=experts or None, moe_grouped_gemm=False,
-                    qk_layernorm=bool(experts))
+    gpt = build_gpt(model, config, cpu, spec=layer_spec(config, "sequential", fused))
     step = fwd_bwd_fn(gpt, model, cpu)
     tokens, positions, mask = step.inputs
 
@@ -146,9 +144,23 @@ def megatron_layer_ops(layers: int, experts: int) -> tuple[int, int]:
     return count_ops(run)
 
 
-def per_layer(experts: int) -> tuple[int, int]:
-    two, one = megatron_layer_ops(2, experts), megatron_layer_ops(1, experts)
+def per_layer(experts: int, fused: bool) -> tuple[int, int]:
+    two, one = (megatron_layer_ops(n, experts, fused) for n in (2, 1))
     return two[0] - one[0], two[1] - one[1]
+
+
+def moe_rows(fused: bool, mcore: str) -> list[dict]:
+    """The MoE layer's operators split into the part that does not grow with the local
+    experts and the part per local expert."""
+    small, large = (per_layer(e, fused) for e in EXPERT_COUNTS)
+    extra = EXPERT_COUNTS[1] - EXPERT_COUNTS[0]
+    each = [(b - a) / extra for a, b in zip(small, large)]
+    shared = [a - EXPERT_COUNTS[0] * e for a, e in zip(small, each)]
+    suffix = "_fused" if fused else ""
+    return [{"layer": "megatron_moe_shared" + suffix, "ops_fwd_bwd": round(shared[0]),
+             "ops_fwd": round(shared[1]), "source": mcore + ", alltoall dispatcher"},
+            {"layer": "megatron_moe_per_expert" + suffix, "ops_fwd_bwd": round(each[0]),
+             "ops_fwd": round(each[1]), "source": mcore + ", SequentialMLP"}]
 
 
 def count_rows() -> list[dict]:
@@ -162,17 +174,12 @@ def count_rows() -> list[dict]:
     mcore = f"megatron-core {megatron.core.__version__}, local spec"
     rows = [{"layer": "bench_layer_gpt", "source": "bench.layer.layer_forward"}]
     rows[0]["ops_fwd_bwd"], rows[0]["ops_fwd"] = bench_layer_ops()
-    dense = per_layer(0)
-    rows.append({"layer": "megatron_dense", "ops_fwd_bwd": dense[0], "ops_fwd": dense[1],
-                 "source": mcore})
-    small, large = (per_layer(e) for e in EXPERT_COUNTS)
-    extra = EXPERT_COUNTS[1] - EXPERT_COUNTS[0]
-    each = [(b - a) / extra for a, b in zip(small, large)]
-    shared = [a - EXPERT_COUNTS[0] * e for a, e in zip(small, each)]
-    rows.append({"layer": "megatron_moe_shared", "ops_fwd_bwd": round(shared[0]),
-                 "ops_fwd": round(shared[1]), "source": mcore + ", alltoall dispatcher"})
-    rows.append({"layer": "megatron_moe_per_expert", "ops_fwd_bwd": round(each[0]),
-                 "ops_fwd": round(each[1]), "source": mcore + ", SequentialMLP"})
+    for fused in (False, True):
+        dense = per_layer(0, fused)
+        rows.append({"layer": "megatron_dense" + ("_fused" if fused else ""),
+                     "ops_fwd_bwd": dense[0], "ops_fwd": dense[1],
+                     "source": mcore + (", fused attention core" if fused else "")})
+        rows.extend(moe_rows(fused, mcore + (", fused attention core" if fused else "")))
     return rows
 
 

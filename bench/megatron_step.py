@@ -93,15 +93,16 @@ def init_single_process(device) -> None:
         model_parallel_cuda_manual_seed(1234)
 
 
-def build_gpt(model, config, device, **spec_kwargs):
-    """megatron-core's GPTModel with the local layer spec (`spec_kwargs`: more arguments of
-    get_gpt_layer_local_spec, e.g. num_experts)."""
+def build_gpt(model, config, device, spec=None, **spec_kwargs):
+    """megatron-core's GPTModel with `spec` or the local layer spec (`spec_kwargs`: more
+    arguments of get_gpt_layer_local_spec, e.g. num_experts)."""
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        spec = get_gpt_layer_local_spec(normalization=config.normalization, **spec_kwargs)
+        spec = spec or get_gpt_layer_local_spec(normalization=config.normalization,
+                                                **spec_kwargs)
         gpt = GPTModel(config=config, transformer_layer_spec=spec, vocab_size=model.vocab_size,
                        max_sequence_length=model.seq_len, position_embedding_type="rope",
                        share_embeddings_and_output_weights=model.tied_embeddings)
@@ -123,6 +124,28 @@ def fwd_bwd_fn(gpt, model, device):
     return step
 
 
+def megatron_core_or_none(prog: str):
+    """megatron.core, imported quietly (it warns that TE and apex are absent); None after one
+    line on stderr where it is not installed."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import megatron.core
+    except ImportError:
+        print(f"{prog}: error: needs megatron-core (pip install -e '.[launchers]')",
+              file=sys.stderr)
+        return None
+    return megatron.core
+
+
+def device_and_megatron(prog: str, smoke: bool):
+    """(device, dtype, megatron.core) to run on (bench.gemm.select_device); None after one
+    line on stderr where torch, a GPU (unless `smoke`) or megatron-core is missing."""
+    chosen = select_device(prog, smoke)
+    mcore = megatron_core_or_none(prog) if chosen else None
+    return None if mcore is None else (*chosen, mcore)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = Parser(prog="python -m bench.megatron_step",
                                 description=__doc__.split("\n")[0])
@@ -134,18 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--smoke", action="store_true", help="a tiny model on the CPU")
     args = p.parse_args(argv)
-    chosen = select_device("megatron_step", args.smoke)
-    if chosen is None:
+    ready = device_and_megatron("megatron_step", args.smoke)
+    if ready is None:
         return EXIT_USAGE
-    device, dtype = chosen
-    try:
-        with warnings.catch_warnings():  # megatron-core warns that TE and apex are absent
-            warnings.simplefilter("ignore")
-            import megatron.core
-    except ImportError:
-        print("megatron_step: error: needs megatron-core (pip install -e '.[launchers]')",
-              file=sys.stderr)
-        return EXIT_USAGE
+    device, dtype, mcore = ready
     if args.smoke:
         args.warmup, args.iters = 1, 2
     try:
@@ -164,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
               [{"model": args.model, "layers": model.num_layers, "hidden": model.hidden_size,
                 "seq": model.seq_len, "vocab": model.vocab_size,
                 "parameters": sum(w.numel() for w in gpt.parameters()), "fwd_bwd_s": t,
-                "megatron_core": megatron.core.__version__}])
+                "megatron_core": mcore.__version__}])
     return 0
 
 

@@ -27,6 +27,7 @@ from cost_models.comm_terms import (
     tp_passes,
 )
 from cost_models.compute import (
+    host_bound_time_s,
     host_issue_s,
     layer_times,
     logits_time_s,
@@ -121,9 +122,10 @@ def _layer_terms(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays, k: d
              "cp_comm": (hidden_comm_cost_s(cp_fwd, t.attention_s)
                          + hidden_comm_cost_s(cp_bwd, t.attention_backward_s)),
              "ep_comm": ep_comm_per_layer_s(model, plans, k["ep"], cluster) if moe else 0.0}
-    # The GPU waits on the host when issuing the layer's operators takes longer than running
-    # them (small work per layer and micro-batch; compute.HOST_S_PER_OP).
-    terms["host_wait"] = np.maximum(host_issue_s(plans, moe) - sum(terms.values()), 0.0)
+    # The GPU waits on the host for issuing the layer's operators, most where the two take
+    # about as long (small work per layer and micro-batch; compute.host_bound_time_s).
+    gpu_s = sum(terms.values())
+    terms["host_wait"] = host_bound_time_s(host_issue_s(plans, moe), gpu_s) - gpu_s
     return terms
 
 

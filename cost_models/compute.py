@@ -63,23 +63,35 @@ MEMORY_BOUND_FRACTION = 0.74
 # without the factor; `python -m cost_models.kernel_fit results/gpu`). 128 rows per expert
 # run 2.2x slower than one big product, 512 rows 7%, 2048 rows 0.5%.
 GROUPED_ROWS_HALF = 137.5
-# Host seconds per PyTorch operator of an eager training step (Python, dispatcher, kernel
-# launch): the fastest layer measured on one H100 (results/gpu/layer_h100_s2048.csv: a GPT
-# layer of hidden 4096 took 1.56 ms forward + backward at TP 4 and 1.60 ms at TP 8, with half
-# the GPU work; 2.36 ms at TP 2: below ~1.6 ms the GPU waits on the host) over that layer's
-# 76 operators (results/gpu/host_ops.csv, `python -m bench.host_ops`; derived again by
-# `python -m cost_models.kernel_fit results/gpu`).
-HOST_S_PER_OP = 20.5e-6
-# Operators per layer, (forward + backward, forward alone), counted in megatron-core 0.16.1's
-# own layers on the CPU (results/gpu/host_ops.csv): a dense layer; an MoE layer's router,
-# dispatcher (which waits on the host once per layer for the token counts) and attention
-# block (363, 141), plus one expert's (32, 12): Transformer Engine's grouped GEMM runs all
-# local experts as one. ASSUMPTION: the local spec's operator count stands for the
-# Transformer Engine layers the runs used (fused kernels, fewer operators, more Python each).
+# Host seconds per PyTorch operator of an eager training step (Python, the dispatcher, the
+# kernel launch), measured on megatron-core's own layers (results/gpu/megatron_*_layer_*.csv,
+# `python -m bench.megatron_layer`; fitted by `python -m cost_models.kernel_fit results/gpu`,
+# cost_models/host_fit.py): Qwen3 MoE and Llama 3 8B layers timed whole at 256-8192 tokens
+# on one H100, on five machines of the same cloud type. Each machine's host seconds per
+# operator: 16.8, 25.7, 25.9, 27.9 and 34.3 us (the host differs 2x between machines that
+# report the same CPU); this is their median. (It was 20.5 us, from one machine's fastest
+# layer of bench.layer, a plain-PyTorch GPT layer.)
+HOST_S_PER_OP = 25.9e-6
+# How host and GPU time of one layer call combine: (H^p + G^p)^(1/p) with this p, fitted to
+# the same 55 measured layer calls (mean error 4.5%, max 20.4%; max(H, G), perfect overlap,
+# gives 7.2% and 29.5%, the sum far more): where the two are close the GPU still waits, on
+# the MoE dispatcher's host syncs and on runs of small kernels.
+HOST_OVERLAP_NORM = 3.0
+# Operators per layer call, (forward + backward, forward alone), by (MoE, fused attention core).
+# Unfused (megatron-core 0.16.1's local spec, DotProductAttention), counted on the CPU
+# (results/gpu/host_ops.csv, `python -m bench.host_ops`): a dense layer; an MoE layer's router,
+# dispatcher (which waits on the host for the token counts) and attention block (363, 141)
+# plus one expert's (32, 12), Transformer Engine's grouped GEMM running all local experts as
+# one. Fused (a one-kernel attention core, as flash attention and Transformer Engine run):
+# the operators the GPU runs counted (the `ops` slopes of results/gpu/megatron_*_layer_*.csv:
+# 161 dense, 332 MoE with grouped experts), forward alone scaled by the CPU count's share
+# (`host_ops.csv` *_fused rows: 82 / 197 dense, 140 / 355 MoE). ASSUMPTION: these stand for
+# Transformer Engine's layers (fused kernels, fewer operators, more Python each).
 # That MoE training is often host-bound is known (NVIDIA/TransformerEngine issue 2053: "many
 # tiny PyTorch kernels"; Megatron-LM's --external-cuda-graph captures attention and the
 # router to cut it); CUDA-graph-captured runs would wait less than this predicts.
-HOST_OPS_PER_LAYER = {False: (237, 95), True: (363 + 32, 141 + 12)}
+HOST_OPS_PER_LAYER = {(False, False): (237, 95), (True, False): (363 + 32, 141 + 12),
+                      (False, True): (161, 67), (True, True): (332, 131)}
 ELEMENT_BYTES = 2
 LOGIT_PASSES_BYTES = 16  # fp32 logits: write, softmax read+write, gradient write (4 x 4 B)
 
@@ -209,8 +221,22 @@ def host_issue_s(plans: PlanArrays, moe: bool) -> np.ndarray:
     """Host seconds to issue one layer's forward and backward for one micro-batch, and the
     forward again under full recomputation (selective recomputation re-runs a few norms and
     activations, left out)."""
-    both, forward = HOST_OPS_PER_LAYER[moe]
+    counts = [HOST_OPS_PER_LAYER[(moe, fused)] for fused in (False, True)]
+    both, forward = (np.where(plans.flash_attention, fused, unfused)
+                     for unfused, fused in zip(*counts))
     return HOST_S_PER_OP * (both + np.where(plans.recompute == FULL_RECOMPUTE, forward, 0))
+
+
+def host_bound_time_s(host_s, gpu_s, norm: float = HOST_OVERLAP_NORM):
+    """Seconds of a layer call that needs `host_s` on the host to issue and `gpu_s` on the
+    GPU to run: (host^p + gpu^p)^(1/p), p = `norm` (inf: max, perfect overlap). Fitted to
+    megatron-core's layers on one H100 (cost_models/host_fit.py; HOST_OVERLAP_NORM)."""
+    if np.isinf(norm):
+        return np.maximum(host_s, gpu_s)
+    host_s, gpu_s = np.asarray(host_s), np.asarray(gpu_s)
+    if norm == 3:  # the fitted norm: products and a cube root beat float powers 3x
+        return np.cbrt(host_s * host_s * host_s + gpu_s * gpu_s * gpu_s)
+    return (host_s ** norm + gpu_s ** norm) ** (1 / norm)
 
 
 def grouped_gemm_time_s(g, peak, curve: GemmCurve,

@@ -20,6 +20,7 @@ import pandas as pd
 
 from cost_models.cli_args import Parser
 from cost_models.flops import FLASH_BACKWARD_FACTOR
+from cost_models.host_fit import host_fit_lines, read_runs
 
 STREAMING_OPS = ("copy", "add", "gelu", "layer_norm")  # silu_mul reads strided halves
 ATTENTION_BACKEND = "cudnn"  # what Transformer Engine runs on Hopper
@@ -127,26 +128,33 @@ def step_check(steps: pd.DataFrame, cluster) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def host_s_per_op(host_ops: pd.DataFrame, layers: pd.DataFrame) -> tuple[float, float]:
-    """(host seconds per operator, the floor it comes from): the fastest GPT layer forward +
-    backward measured (small layers stop getting faster there: the GPU waits on the host)
-    over the operators of that same layer code (`bench_layer_gpt`, counted on the CPU)."""
-    gpt = with_layer_defaults(layers)
-    floor = float(gpt.loc[gpt["mlp"] == "gelu", "fwd_bwd_s"].min())
-    ops = int(host_ops.set_index("layer").loc["bench_layer_gpt", "ops_fwd_bwd"])
-    return floor / ops, floor
+def fused_op_counts(folder: Path) -> dict[bool, tuple[int, int]]:
+    """Operators per layer call with a fused attention core, by MoE: (forward + backward, the
+    GPU-run count of bench.megatron_layer's slopes; forward alone, that scaled by the share
+    of forward operators in the CPU count of the same layers, host_ops.csv *_fused rows)."""
+    kept = pd.read_csv(folder / "host_ops.csv").set_index("layer")
+    cpu = {False: kept.loc["megatron_dense_fused"],
+           True: kept.loc["megatron_moe_shared_fused"] + kept.loc["megatron_moe_per_expert_fused"]}
+    runs = read_runs(folder)
+    slopes = pd.concat(runs.values(), ignore_index=True)
+    gpu = {False: slopes.loc[slopes.experts_impl == "dense", "ops"].median(),
+           True: slopes.loc[slopes.experts_impl == "grouped", "ops"].median()}
+    return {moe: (round(gpu[moe]), round(gpu[moe] * cpu[moe].ops_fwd / cpu[moe].ops_fwd_bwd))
+            for moe in (False, True)}
 
 
 def host_lines(folder: Path) -> list[str]:
     ops_path = folder / "host_ops.csv"
-    layer_paths = sorted(folder.glob("layer_*.csv"))
-    if not ops_path.exists() or not layer_paths:
-        return [f"(skipped: host_ops.csv and layer_*.csv are both needed in {folder})"]
+    if not ops_path.exists() or not read_runs(folder):
+        return [f"(skipped: host_ops.csv and megatron_*_layer_*_run*.csv are both needed in "
+                f"{folder})"]
     host_ops = pd.read_csv(ops_path)
-    per_op, floor = host_s_per_op(host_ops, _read_all(layer_paths))
     counts = ", ".join(f"{r.layer} {r.ops_fwd_bwd}/{r.ops_fwd}" for r in host_ops.itertuples())
-    return [f"HOST_S_PER_OP: {per_op * 1e6:.1f} us = fastest GPT layer fwd+bwd "
-            f"{floor * 1e3:.3f} ms / its operators; operators per layer (fwd+bwd/fwd): {counts}"]
+    fused = fused_op_counts(folder)
+    return host_fit_lines(folder) + [
+        f"operators per layer (fwd+bwd/fwd) counted on the CPU: {counts}; with a fused "
+        f"attention core as the GPU runs them: dense {fused[False][0]}/{fused[False][1]}, "
+        f"MoE {fused[True][0]}/{fused[True][1]}"]
 
 
 def _read_all(paths: list[Path]) -> pd.DataFrame:

@@ -27,6 +27,9 @@ step() {  # step NAME TIMEOUT_S CMD...: run, log, keep going
 torch.version.cuda, "cudnn", torch.backends.cudnn.version(), "nccl", torch.cuda.nccl.version(),
 torch.cuda.get_device_name())'; } >"$D/env.txt" 2>&1
 cat "$D/env.txt" | tee -a "$LOG"
+# megatron-core is not on the GPU image: MEGATRON_WHEELS=dir installs its wheel first
+[ -n "${MEGATRON_WHEELS:-}" ] && python3 -m pip install -q --no-index --no-deps --target \
+  /tmp/mcore "$MEGATRON_WHEELS"/megatron_core-*.whl && export PYTHONPATH=$PYTHONPATH:/tmp/mcore
 step pytest_gpu 300 python3 -m pytest -m gpu tests/gpu -q -p no:cacheprovider
 step nccl 240 torchrun --standalone --nproc-per-node=1 -m bench all -b 8 -e 1G -f 4 -n 20 -w 5 \
   --backend nccl -d float32,bfloat16 -o "$D/nccl_h100_1gpu.jsonl"
@@ -44,13 +47,14 @@ step step_8b 180 python3 -m bench.step -o "$D/step_h100_8b_l4.csv"
 step step_8b_ga4 180 python3 -m bench.step --micro-batches 4 -o "$D/step_h100_8b_l4_ga4.csv"
 step step_70b 180 python3 -m bench.step --layers 2 --hidden 8192 --heads 64 --kv-heads 8 \
   --ffn 28672 --vocab 32000 -o "$D/step_h100_70b_l2.csv"
-# megatron-core is not on the GPU image: MEGATRON_WHEELS=dir installs its wheel first
-[ -n "${MEGATRON_WHEELS:-}" ] && python3 -m pip install -q --no-index --no-deps --target \
-  /tmp/mcore "$MEGATRON_WHEELS"/megatron_core-*.whl && export PYTHONPATH=$PYTHONPATH:/tmp/mcore
 step megatron_8b 240 python3 -m bench.megatron_step --model llama3-8b --layers 2 \
   -o "$D/megatron_h100_llama3-8b_l2.csv"
 step megatron_gpt3 240 python3 -m bench.megatron_step --model gpt3-175b --layers 2 \
   -o "$D/megatron_h100_gpt3-175b_l2.csv"
+step megatron_layer 420 python3 -m bench.megatron_layer --layers 1,5 --iters 20 --warmup 5 \
+  --tokens 512,1024,2048,3072,4096,6144,8192 -o "$D/megatron_moe_layer_h100.csv"
+step megatron_dense 240 python3 -m bench.megatron_layer --model llama3-8b --layers 1,5 \
+  --iters 20 --warmup 5 --tokens 256,512,1024,2048,4096,8192 -o "$D/megatron_dense_layer_h100.csv"
 step attention 240 python3 -m bench.kernels attention --backends flash,cudnn,efficient \
   -o "$D/attention_h100.csv"
 step elementwise 120 python3 -m bench.kernels elementwise -o "$D/elementwise_h100.csv"

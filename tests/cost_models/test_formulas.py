@@ -253,7 +253,10 @@ def test_multi_token_prediction_adds_a_layer_a_projection_and_the_head():
     for plan in (Plan(tp=8, pp=8, dp=16, ep=16, global_batch_size=512, zero=1),
                  Plan(tp=8, dp=128, ep=64, global_batch_size=512, zero=3)):
         with_mtp, without = estimate(m, cluster, plan), estimate(plain, cluster, plan)
-        assert with_mtp.step_time_s > without.step_time_s
+        # with pipelining the split gives the last stage fewer layers for the MTP depth, so
+        # the step may wait on a fuller inner stage instead
+        slower = with_mtp.step_time_s > without.step_time_s
+        assert slower if plan.pp == 1 else with_mtp.step_time_s >= without.step_time_s
         more_weights = with_mtp.memory_breakdown_bytes["weights"] > \
             without.memory_breakdown_bytes["weights"]
         assert more_weights == (plan.pp == 1)  # MTP lives on the last stage, not the first

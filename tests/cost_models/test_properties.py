@@ -167,10 +167,11 @@ def test_last_stage_makes_room_for_multi_token_prediction():
     assert list(inner) == [4, 4] and list(last) == [2, 3]
 
 
-def test_gpu_waits_on_the_host_only_when_a_layer_call_is_short():
+def test_gpu_waits_on_the_host_most_when_a_layer_call_is_short():
     """A Qwen3 MoE layer of one 4K sequence at TP 4 runs for less GPU time than the host takes
-    to issue its operators (395 x 20.5 us = 8.1 ms): the step waits for the host, by exactly
-    the difference per layer call. Sixteen times the tokens per layer call hide it."""
+    to issue its operators (332 x 25.9 us = 8.6 ms with a fused attention core): every layer
+    call takes at least that long and most of it is the wait. Sixteen times the tokens per
+    layer call leave the host a small share (compute.host_bound_time_s)."""
     from cost_models.compute import HOST_OPS_PER_LAYER, HOST_S_PER_OP
     from cost_models.plan_arrays import from_plans
     from cost_models.specs import Plan
@@ -181,9 +182,9 @@ def test_gpu_waits_on_the_host_only_when_a_layer_call_is_short():
     long = replace(short, micro_batch_size=16)
     est = estimate_batch(model, cluster, from_plans([short, long]))
     wait = est.breakdown_s["host_wait"]
-    assert wait[0] > 0 and wait[1] == 0
-    issue_s = HOST_OPS_PER_LAYER[True][0] * HOST_S_PER_OP
+    layer_s = sum(est.breakdown_s[t] for t in ("compute", "recompute", "tp_comm", "cp_comm",
+                                                "ep_comm", "host_wait"))
+    issue_s = HOST_OPS_PER_LAYER[(True, True)][0] * HOST_S_PER_OP
     layer_calls = 2048 // 8 * 12  # micro-batches x layers of the fullest stage
-    layer_s = sum(est.breakdown_s[t][0] for t in ("compute", "recompute", "tp_comm",
-                                                  "cp_comm", "ep_comm", "host_wait"))
-    assert layer_s >= layer_calls * issue_s * 0.999
+    assert layer_s[0] >= layer_calls * issue_s * 0.999
+    assert wait[0] / layer_s[0] > 0.3 and 0 < wait[1] / layer_s[1] < 0.02

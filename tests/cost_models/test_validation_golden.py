@@ -70,12 +70,14 @@ def test_family_errors_within_tolerance(predictions, family, max_err):
 
 def test_host_wait_makes_the_thinnest_qwen3_layer_calls_slowest_as_published(predictions):
     """At 4K tokens, TP4 PP8 EP8 gives each layer call the least GPU work (one sequence over
-    4 TP ranks): the GPU waits on the host there, and the run is the slowest published."""
+    4 TP ranks): the GPU waits on the host most there (over 3x the share of the step of any
+    other plan), and the run is the slowest published."""
     preds, _ = predictions
     four_k = preds[preds.id.str.startswith("zoo-qwen3-235b-s4k")].set_index("id")
     assert four_k.pred_iter_time_s.idxmax() == "zoo-qwen3-235b-s4k-tp4pp8ep8"
-    assert four_k.host_wait_s["zoo-qwen3-235b-s4k-tp4pp8ep8"] > 0
-    assert (four_k.host_wait_s.drop("zoo-qwen3-235b-s4k-tp4pp8ep8") == 0).all()
+    share = four_k.host_wait_s / four_k.pred_iter_time_s
+    thinnest = share.pop("zoo-qwen3-235b-s4k-tp4pp8ep8")
+    assert thinnest > 0.3 and thinnest > 3 * share.max()
 
 
 def test_korthikanti_selective_beats_full_recompute_as_published(predictions):

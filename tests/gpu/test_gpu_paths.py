@@ -90,3 +90,16 @@ def test_megatron_core_model_runs_forward_and_backward(tmp_path):
                    timeout=600)
     row = pd.read_csv(out).iloc[0]
     assert 0 < row.fwd_bwd_s < 10
+
+
+def test_megatron_moe_layer_is_timed_with_its_gpu_busy_time(tmp_path):
+    import pandas as pd
+
+    pytest.importorskip("megatron.core")
+    out = tmp_path / "moe.csv"
+    subprocess.run([sys.executable, "-m", "bench.megatron_layer", "--tokens", "1024",
+                    "--iters", "3", "-o", str(out)], cwd=REPO, check=True, timeout=600)
+    rows = pd.read_csv(out)
+    assert (rows.gpu_busy_s > 0).all() and (rows.gpu_busy_s <= rows.wall_s * 1.05).all()
+    by_impl = rows.groupby("experts_impl").ops.max()
+    assert by_impl["grouped"] < by_impl["sequential"]  # one grouped kernel, not 16 MLPs
