@@ -19,6 +19,7 @@ Constraints (Megatron-Core's, plus the ones it lets through silently):
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -169,15 +170,19 @@ def zero_choices(space: Space, pp: int) -> list[int]:
 
 def product_columns(*axes) -> list[np.ndarray]:
     """The cartesian product of integer lists, one column per list, in itertools.product
-    order (built by numpy: the search calls this once per layout)."""
+    order (built by numpy; the search asks once per layout, most layouts share their lists,
+    so products are kept by their lists' values; callers must not write into them)."""
+    return _product(tuple(tuple(int(v) for v in a) for a in axes))
+
+
+@functools.lru_cache(maxsize=256)
+def _product(axes: tuple[tuple[int, ...], ...]) -> list[np.ndarray]:
     columns = [np.asarray(a, dtype=np.int64) for a in axes]
-    sizes = [len(c) for c in columns]
-    total = int(np.prod(sizes))
-    out, inner = [], total
-    for column, size in zip(columns, sizes):
-        inner //= max(size, 1)  # each value repeats for the product of the later lists
-        out.append(np.tile(np.repeat(column, inner), total // max(size * inner, 1)))
-    return out
+    index = np.indices([len(c) for c in columns]).reshape(len(columns), -1)
+    return [column[i] for column, i in zip(columns, index)]
+
+
+product_columns.cache_clear = _product.cache_clear  # what benchmarks of a cold search call
 
 
 def inner_candidates(space: Space, layout: Layout) -> PlanArrays:
