@@ -125,7 +125,7 @@ def _layer_terms(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays, k: d
     # The GPU waits on the host for issuing the layer's operators, most where the two take
     # about as long (small work per layer and micro-batch; compute.host_bound_time_s).
     gpu_s = sum(terms.values())
-    terms["host_wait"] = host_bound_time_s(host_issue_s(plans, moe), gpu_s) - gpu_s
+    terms["host_wait"] = host_bound_time_s(host_issue_s(cluster, plans, moe), gpu_s) - gpu_s
     return terms
 
 

@@ -217,14 +217,15 @@ def layer_times(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays,
         moe_block_s=block if moe else 0.0)
 
 
-def host_issue_s(plans: PlanArrays, moe: bool) -> np.ndarray:
+def host_issue_s(cluster: ClusterSpec, plans: PlanArrays, moe: bool) -> np.ndarray:
     """Host seconds to issue one layer's forward and backward for one micro-batch, and the
     forward again under full recomputation (selective recomputation re-runs a few norms and
-    activations, left out)."""
+    activations, left out), at the cluster's measured seconds per operator if it has one."""
     counts = [HOST_OPS_PER_LAYER[(moe, fused)] for fused in (False, True)]
     both, forward = (np.where(plans.flash_attention, fused, unfused)
                      for unfused, fused in zip(*counts))
-    return HOST_S_PER_OP * (both + np.where(plans.recompute == FULL_RECOMPUTE, forward, 0))
+    per_op_s = HOST_S_PER_OP if cluster.host_s_per_op is None else cluster.host_s_per_op
+    return per_op_s * (both + np.where(plans.recompute == FULL_RECOMPUTE, forward, 0))
 
 
 def host_bound_time_s(host_s, gpu_s, norm: float = HOST_OVERLAP_NORM):

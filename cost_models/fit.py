@@ -215,7 +215,8 @@ def _tier_rows(frame: pd.DataFrame, tier_index: int) -> pd.Series:
 
 
 def skeleton(base: ClusterSpec, gpus_per_node: int, name: str) -> ClusterSpec:
-    """Two tiers to be fitted (inside a node, across nodes); the GPU from `base`."""
+    """Two tiers to be fitted (inside a node, across nodes); the GPU and the host's seconds
+    per operator from `base`."""
     tiers = (LinkTier(name="intra_node", domain_gpus=gpus_per_node, latency_s=1e-5,
                       bandwidth_bytes_per_s=1e9),
              LinkTier(name="inter_node", domain_gpus=0, latency_s=1e-5,
@@ -223,7 +224,7 @@ def skeleton(base: ClusterSpec, gpus_per_node: int, name: str) -> ClusterSpec:
     nics = base.nics_per_node if gpus_per_node == base.gpus_per_node else 1
     return ClusterSpec(name=name, gpu=base.gpu, gpus_per_node=gpus_per_node,
                        nics_per_node=nics, nic_bandwidth_bytes_per_s=1e9, tiers=tiers,
-                       source="fitted")
+                       source="fitted", host_s_per_op=base.host_s_per_op)
 
 
 def fit_tiers(frame: pd.DataFrame, cluster: ClusterSpec, statistic: str = "p50") -> ClusterSpec:
@@ -379,7 +380,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gemm", default=None,
                    help="GEMM results CSV (python -m bench.gemm): fit the GPU's compute-"
                         "efficiency curve from it instead of the shipped H100 curve")
+    p.add_argument("--host-layers", nargs="+", default=None, metavar="CSV",
+                   help="layer timings of this cluster's nodes (python -m bench.megatron_layer"
+                        "): store their host seconds per operator in the profile")
     return p
+
+
+HOST_LAYER_COLUMNS = ("experts_impl", "tokens", "layers", "wall_s", "gpu_busy_s", "ops")
+
+
+def with_measured_host(cluster: ClusterSpec, paths: list[str]) -> tuple[ClusterSpec, dict]:
+    """The cluster with host_s_per_op fitted to bench.megatron_layer CSVs of one machine, at
+    the cost model's own overlap norm (cost_models/host_fit.py)."""
+    from dataclasses import replace
+
+    from cost_models.compute import HOST_OVERLAP_NORM
+    from cost_models.host_fit import fit_runs, layer_slopes
+
+    frames = [_host_layer_frame(path) for path in paths]
+    fits = fit_runs({"this machine": pd.concat([layer_slopes(f) for f in frames])},
+                    HOST_OVERLAP_NORM)
+    if fits.empty:
+        raise FitError(f"{', '.join(paths)}: each layer kind needs two or more token counts "
+                       "(python -m bench.megatron_layer --tokens 512,2048,8192)")
+    per_op_s = float(fits.per_op_s.median())
+    summary = {"files": list(paths), "host_s_per_op": per_op_s,
+               "layers": {r.layer: {"host_s": r.host_s, "ops": r.ops,
+                                    "mean_abs_rel_error": r.mean_err}
+                          for r in fits.itertuples()}}
+    return replace(cluster, host_s_per_op=per_op_s), summary
+
+
+def _host_layer_frame(path: str) -> pd.DataFrame:
+    """One bench.megatron_layer CSV, checked: its columns, GPU times, two layer counts."""
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        reason = " ".join(str(exc).split())  # pandas' messages span lines
+        raise FitError(f"{path}: cannot read it as a CSV ({reason}); pass python -m "
+                       "bench.megatron_layer's output") from None
+    missing = [c for c in HOST_LAYER_COLUMNS if c not in frame.columns]
+    if missing:
+        raise FitError(f"{path}: not a bench.megatron_layer CSV (no column "
+                       f"{', '.join(missing)}); pass that command's output")
+    numbers = frame[["tokens", "layers", "wall_s", "gpu_busy_s", "ops"]].apply(
+        pd.to_numeric, errors="coerce")
+    if numbers.isna().any().any() or not (numbers > 0).all().all():
+        raise FitError(f"{path}: times, token and layer counts must be positive numbers (a "
+                       "CPU --smoke run has no GPU busy time); measure on the GPU nodes")
+    if (frame.groupby(["experts_impl", "tokens"]).layers.nunique() < 2).any():
+        raise FitError(f"{path}: each token count needs two or more layer counts "
+                       "(python -m bench.megatron_layer --layers 1,5)")
+    return frame.assign(**numbers)
 
 
 def with_measured_gemm(cluster: ClusterSpec, path: str) -> tuple[ClusterSpec, dict]:
@@ -457,6 +509,8 @@ def fit_from_args(args: argparse.Namespace):
         holdout=args.holdout)
     if args.gemm:
         cluster, fit["gemm_curve"] = with_measured_gemm(cluster, args.gemm)
+    if args.host_layers:
+        cluster, fit["host"] = with_measured_host(cluster, args.host_layers)
     return cluster, fit, provenance, checked
 
 
@@ -509,6 +563,9 @@ def _print_summary(cluster: ClusterSpec, fit: dict, output: str) -> None:
             if by:
                 print(f"  held out{label}, median |err| by collective: "
                       + ", ".join(f"{name} {err:.1%}" for name, err in sorted(by.items())))
+    if "host" in fit:
+        print(f"host: {fit['host']['host_s_per_op'] * 1e6:.1f} us per operator "
+              f"({', '.join(fit['host']['layers'])} layers)")
     print(f"wrote {output}")
 
 

@@ -319,9 +319,18 @@ class ClusterSpec:
     nic_bandwidth_bytes_per_s: float  # one NIC, one direction
     tiers: tuple[LinkTier, ...]
     source: str = "preset"
+    # Host seconds per PyTorch operator of an eager step on these nodes' CPUs (measured with
+    # bench.megatron_layer, folded in by `partune-fit --host-layers`); None: the cost model's
+    # default, compute.HOST_S_PER_OP. Lower it for runs that capture layers in CUDA graphs.
+    host_s_per_op: float | None = None
 
     def __post_init__(self) -> None:
         owner = f"cluster {self.name!r}"
+        _require(self.host_s_per_op is None or (
+            isinstance(self.host_s_per_op, (int, float))
+            and not isinstance(self.host_s_per_op, bool) and 0 <= self.host_s_per_op < 1e-2),
+                 f"{owner}: host_s_per_op={self.host_s_per_op!r} must be seconds per operator "
+                 "in [0, 0.01) (about 2.6e-05 on H100 nodes) or null for the default")
         _positive(owner, gpus_per_node=self.gpus_per_node)
         _require(len(self.tiers) >= 2, f"{owner} needs an intra-node tier and at least one "
                                        f"network tier, got {len(self.tiers)}")

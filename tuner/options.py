@@ -79,6 +79,11 @@ def add_model_cluster_args(p: argparse.ArgumentParser) -> None:
                         f"fitted by the benchmark suite (default {DEFAULT_CLUSTER})")
     g.add_argument("--seq-len", type=int, default=None, help="sequence length (tokens)")
     g.add_argument("--precision", default="bf16", choices=[p.value for p in Precision])
+    g.add_argument("--host-us-per-op", type=float, default=None,
+                   help="host microseconds per PyTorch operator on your nodes (default: the "
+                        "cluster profile's, else 25.9, the median of five H100 machines; "
+                        "measure with python -m bench.megatron_layer, lower it for layers "
+                        "captured in CUDA graphs)")
 
 
 def load_inputs(args: argparse.Namespace) -> tuple[ModelSpec, ClusterSpec, bool]:
@@ -91,7 +96,18 @@ def load_inputs(args: argparse.Namespace) -> tuple[ModelSpec, ClusterSpec, bool]
     default = args.cluster is None
     cluster = load_cluster(DEFAULT_CLUSTER if default else args.cluster)
     cluster.gpu.peak_flops(Precision(args.precision))  # clear error if unsupported
-    return model, cluster, default
+    return model, with_host_flag(cluster, args), default
+
+
+def with_host_flag(cluster: ClusterSpec, args: argparse.Namespace) -> ClusterSpec:
+    """The cluster with --host-us-per-op applied, if given."""
+    host_us = getattr(args, "host_us_per_op", None)
+    if host_us is None:
+        return cluster
+    if not 0 <= host_us < 10_000:  # also refuses nan
+        raise SpecError(f"--host-us-per-op {host_us} must be microseconds in [0, 10000) "
+                        "(about 26 on H100 nodes; 0: no host cost)")
+    return replace(cluster, host_s_per_op=host_us * 1e-6)
 
 
 def recompute_list(text: str) -> tuple[Recompute, ...]:

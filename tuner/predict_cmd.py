@@ -100,9 +100,11 @@ def table(model: ModelSpec, plan: Plan, est: Estimate) -> str:
 
 def plan_file_conflicts(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """A plan file fixes the model and the plan: a flag that would change them is refused
-    rather than ignored (--cluster may name another cluster)."""
+    rather than ignored (--cluster may name another cluster, --host-us-per-op another host
+    speed)."""
     for action in parser._actions:
-        if action.dest in ("plan", "cluster", "json", "help") or not action.option_strings:
+        if action.dest in ("plan", "cluster", "host_us_per_op", "json", "help") or \
+                not action.option_strings:
             continue
         if getattr(args, action.dest) != action.default:
             raise SpecError(f"{action.option_strings[0]} cannot be combined with --plan (the "
@@ -118,6 +120,7 @@ def run(argv: list[str], prog: str = "autotune predict") -> int:
         model, plan, cluster = loaded.model, loaded.plan, loaded.cluster
         if args.cluster is not None:
             _, cluster, _ = opt.load_inputs(args)
+        cluster = opt.with_host_flag(cluster, args)
     else:
         model, cluster, _ = opt.load_inputs(args)
         plan = plan_from_args(args)

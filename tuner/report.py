@@ -69,14 +69,16 @@ def header(model: ModelSpec, cluster: ClusterSpec, num_gpus: int, default_cluste
     where = "built-in default cluster" if default_cluster else f"cluster {cluster.source}"
     mtp = (f" (+{mtp_params(model) / 1e9:,.1f}B in {model.mtp_layers} MTP depth"
            f"{'s' if model.mtp_layers > 1 else ''})" if model.mtp_layers else "")
+    host = ("" if cluster.host_s_per_op is None
+            else f", host {cluster.host_s_per_op * 1e6:.1f} us/op")
     return (f"Model   {model.name}: {params:,.1f}B parameters{mtp}, {model.num_layers} layers, "
             f"hidden {model.hidden_size}, seq {model.seq_len}\n"
             f"Cluster {num_gpus:,} x {cluster.gpu.name} ({cluster.gpus_per_node} per node, "
-            f"{cluster.name}: {where})")
+            f"{cluster.name}: {where}{host})")
 
 
 ZERO3_NOTE = ("Note    ZeRO-3/FSDP plans are the least validated: the dev set's 7 ZeRO-3 runs "
-              "are predicted\n        within -16% to +21% (results/validation); pin --zero "
+              "are predicted\n        within -16% to +13% (results/validation); pin --zero "
               "0,1 to compare.")
 
 

@@ -8,7 +8,8 @@ from tuner.predict_cmd import build_parser as predict_parser
 from tuner.validate_cmd import build_parser as validate_parser
 
 SEARCH = {"--cluster", "--cp", "--ep", "--format", "--global-batch", "--global-batch-tokens",
-          "--gpus", "--grad-reduce-in-bf16", "--help", "--max-pp", "--max-tp",
+          "--gpus", "--grad-reduce-in-bf16", "--help", "--host-us-per-op", "--max-pp",
+          "--max-tp",
           "--memory-headroom", "--micro-batch",
           "--model", "--moe-load-factor", "--no-alternatives", "--no-cp", "--no-sp", "--out",
           "--plot", "--pp",
@@ -16,7 +17,7 @@ SEARCH = {"--cluster", "--cp", "--ep", "--format", "--global-batch", "--global-b
           "--stale-after", "--storage", "--study-name", "--tokens", "--top-k", "--tp",
           "--trials", "--vpp", "--zero", "--zero3-impl", "-h"}
 PREDICT = {"--cluster", "--cp", "--dp", "--ep", "--global-batch", "--gpus",
-           "--grad-reduce-in-bf16", "--help", "--json",
+           "--grad-reduce-in-bf16", "--help", "--host-us-per-op", "--json",
            "--micro-batch", "--model", "--moe-load-factor", "--no-flash-attention", "--order",
            "--plan", "--pp",
            "--precision", "--recompute", "--seq-len", "--sequence-parallel", "--tp", "--vpp",
