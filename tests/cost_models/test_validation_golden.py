@@ -167,3 +167,20 @@ def test_megatron_fsdp_traffic_hides_behind_intra_node_collectives(predictions):
     preds, _ = predictions
     row = preds.set_index("id").loc["zoo-qwen3-235b-s4k-tp2pp1ep8"]
     assert row.plan_zero == 3 and abs(row.err_pct) <= 10.0
+
+
+def test_the_zero3_warning_quotes_the_dev_sets_zero3_errors():
+    """autotune's note on ZeRO-3 plans states the range of the dev set's ZeRO-3 errors; it
+    must follow the kept predictions (results/validation/preds_dev.csv) when the model moves."""
+    import re
+    from pathlib import Path
+
+    import pandas as pd
+
+    from tuner.report import ZERO3_NOTE
+
+    kept = Path(__file__).resolve().parents[2] / "results" / "validation" / "preds_dev.csv"
+    zero3 = pd.read_csv(kept).query("plan_zero == 3").err_pct
+    lo, hi = (int(v) for v in re.search(r"within (-?\d+)% to \+?(\d+)%", ZERO3_NOTE).groups())
+    assert (lo, hi) == (round(zero3.min()), round(zero3.max()))
+    assert f"dev set's {len(zero3)} ZeRO-3 runs" in ZERO3_NOTE
