@@ -146,17 +146,29 @@ def setup_lines(job: Job) -> list[str]:
     return lines
 
 
+def bench_body(job: Job) -> list[str]:
+    """Collectives on every GPU, then (with --host-layers) megatron-core layers on one, then
+    the fit of both into the profile."""
+    mpi = ' --mpi="$mpi"' if "mpi" in job.flags else ""
+    lines = [RENDEZVOUS, "export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}",
+             'mkdir -p -- "$(dirname -- "$results")" "$(dirname -- "$profile")"',
+             f'srun --kill-on-bad-exit=1{mpi} "$python" -m bench "$collectives" '
+             '--backend "$backend" -o "$results" "${tool_args[@]}"']
+    fit = ('"$python" -m cost_models.fit "$results" -o "$profile" '
+           '--base-cluster "$base_cluster"')
+    if "host_layers" in job.flags:
+        lines += ['host_layers="${results%.jsonl}-host-layers.csv"',
+                  'srun --nodes=1 --ntasks=1 --gpus=1 --kill-on-bad-exit=1 "$python" -m '
+                  'bench.megatron_layer --layers 1,5 --tokens 512,1024,2048,4096,8192 '
+                  '-o "$host_layers"']
+        fit += ' --host-layers "$host_layers"'
+    return lines + [fit, 'echo "partune: results in $results, profile in $profile"']
+
+
 def body(job: Job) -> list[str]:
     """The commands of each kind; they read only the quoted variables set above."""
     if job.kind == "bench":
-        mpi = ' --mpi="$mpi"' if "mpi" in job.flags else ""
-        return [RENDEZVOUS, "export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}",
-                'mkdir -p -- "$(dirname -- "$results")" "$(dirname -- "$profile")"',
-                f'srun --kill-on-bad-exit=1{mpi} "$python" -m bench "$collectives" '
-                '--backend "$backend" -o "$results" "${tool_args[@]}"',
-                '"$python" -m cost_models.fit "$results" -o "$profile" '
-                '--base-cluster "$base_cluster"',
-                'echo "partune: results in $results, profile in $profile"']
+        return bench_body(job)
     if job.kind in ("search", "search-array"):
         out = '"$plan"' if job.kind == "search" else \
             '"${plan%.json}-task${SLURM_ARRAY_TASK_ID}.json"'
@@ -229,6 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--mpi", default="pmi2", help="srun --mpi plugin for --backend mpi "
                        "(pmi2 for MPICH, pmix for Open MPI)")
     bench.add_argument("--collectives", default="all", help="bench's collectives argument")
+    bench.add_argument("--host-layers", action="store_true",
+                       help="also time megatron-core layers on one GPU (python -m "
+                            "bench.megatron_layer; needs megatron-core) and fit the nodes' "
+                            "host seconds per operator into the profile")
     for name in ("--results", "--profile", "--base-cluster"):
         bench.add_argument(name, required=True)
     for sub in (search, array):
@@ -301,6 +317,7 @@ def build_job(args: argparse.Namespace, tool_args: Sequence[str]) -> Job:
         array = f"0-{args.workers - 1}" + (f"%{args.max_parallel}" if args.max_parallel else "")
     flags = {"mpi"} if getattr(args, "backend", None) == "mpi" else set()
     flags |= {"dry_run"} if getattr(args, "dry_run", False) else set()
+    flags |= {"host_layers"} if getattr(args, "host_layers", False) else set()
     return Job(kind=args.kind, job_name=args.job_name or f"partune-{args.kind}",
                nodes=args.nodes or 1, ntasks_per_node=tasks, gpus_per_node=gpus,
                cpus_per_task=args.cpus_per_task, time=args.time, partition=args.partition,

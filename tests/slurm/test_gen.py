@@ -176,3 +176,24 @@ def test_failed_generated_job_names_its_id_and_log(slurm, tmp_path):
     assert len(report) == 1 and report[0].startswith(f"partune: Slurm job {job_id} failed")
     assert report[0].endswith(f"log: {log}")
 
+
+
+@pytest.mark.parametrize("value", NASTY)
+def test_bench_job_can_also_measure_the_host_and_fit_it(value, tmp_path):
+    """--host-layers adds bench.megatron_layer on one GPU and passes its CSV, named after the
+    results file, to the fit; without it the job is unchanged."""
+    argv = ["bench", f"--results={value}.jsonl", "--profile=p.json", "--base-cluster=dgx-h100"]
+    plain = render(build_job(*parse_args(argv)))
+    script = render(build_job(*parse_args(argv[:1] + ["--host-layers"] + argv[1:])))
+    assert "megatron_layer" not in plain and "--host-layers" not in plain
+    (tmp_path / "job.sbatch").write_text(script)
+    assert subprocess.run(["bash", "-n", str(tmp_path / "job.sbatch")]).returncode == 0
+    lines = script.splitlines()
+    step = next(i for i, line in enumerate(lines) if "-m bench.megatron_layer" in line)
+    fit = next(i for i, line in enumerate(lines) if "-m cost_models.fit" in line)
+    assert step < fit and lines[fit].endswith('--host-layers "$host_layers"')
+    setup = "\n".join(setup_lines(build_job(*parse_args(argv))))
+    named = next(line for line in lines if line.startswith("host_layers="))
+    out = subprocess.run(["bash", "-c", f'{setup}\n{named}\nprintf "%s" "$host_layers"'],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=30)
+    assert out.stdout == f"{value}-host-layers.csv"
