@@ -68,8 +68,8 @@ GROUPED_ROWS_HALF = 137.5
 # `python -m bench.megatron_layer`; fitted by `python -m cost_models.kernel_fit results/gpu`,
 # cost_models/host_fit.py): Qwen3 MoE and Llama 3 8B layers timed whole at 256-8192 tokens
 # on one H100, on five machines of the same cloud type. Each machine's host seconds per
-# operator: 16.8, 25.7, 25.9, 27.9 and 34.3 us (the host differs 2x between machines that
-# report the same CPU); this is their median. (It was 20.5 us, from one machine's fastest
+# operator: 16.8, 25.7, 25.9, 27.9 and 34.3 us (the host differs 2x between machines of one
+# type); this is their median. (It was 20.5 us, from one machine's fastest
 # layer of bench.layer, a plain-PyTorch GPT layer.)
 HOST_S_PER_OP = 25.9e-6
 # How host and GPU time of one layer call combine: (H^p + G^p)^(1/p) with this p, fitted to
