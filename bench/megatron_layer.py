@@ -35,9 +35,11 @@ Transformer Engine's grouped GEMM does) where `sequential` is megatron-core's Se
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from bench.gemm import EXIT_USAGE, median_time_s, write_csv
 from bench.kernels import ints
+from cost_models.atomic import ensure_folder
 from cost_models.catalog import model_preset
 from cost_models.cli_args import Parser
 from cost_models.specs import SpecError
@@ -202,11 +204,35 @@ def measure(tokens, layers, experts, impl, device, dtype, args) -> dict:
             "kernels": by_kernel}
 
 
+def checked_args(p: Parser, args) -> list[str]:
+    """The experts implementations to time; every bad flag is p.error's one line, before
+    anything is built or measured (also an output that could not be written at the end)."""
+    impls = [s for s in args.experts_impl.split(",") if s]
+    if not impls or set(impls) - {"grouped", "sequential"} or args.experts < 2:
+        p.error("--experts-impl takes grouped and/or sequential, --experts at least 2")
+    if len(set(args.layers)) < 2 or min(args.layers) < 1:
+        p.error("--layers needs two or more different layer counts, each at least 1")
+    args.tokens = args.tokens or ([64, 128] if args.smoke else [1024, 2048, 4096, 8192])
+    if min(args.tokens) < 1 or args.iters < 1 or args.warmup < 0:
+        p.error("--tokens and --iters take counts >= 1, --warmup >= 0")
+    try:
+        for path in filter(None, (args.output, args.kernels)):
+            if Path(path).is_dir():
+                raise SpecError(f"{path} is a folder; name a .csv file in it")
+            ensure_folder(Path(path).parent)
+        if not model_preset(args.model).is_moe:
+            impls = ["dense"]  # one layer kind: no experts to implement
+    except SpecError as exc:
+        p.error(str(exc))
+    return impls
+
+
 def main(argv: list[str] | None = None) -> int:
     p = Parser(prog="python -m bench.megatron_layer", description=__doc__.split("\n")[0])
     p.add_argument("-o", "--output", required=True, help="CSV to write")
     p.add_argument("--model", default="qwen3-235b-a22b", help="model preset")
-    p.add_argument("--tokens", type=ints, default=[1024, 2048, 4096, 8192])
+    p.add_argument("--tokens", type=ints, default=None,
+                   help="tokens per layer call (default 1024,2048,4096,8192; --smoke: 64,128)")
     p.add_argument("--kernels", help="also write each CUDA kernel's calls and seconds here")
     p.add_argument("--layers", type=ints, default=[1, 3],
                    help="layer counts of the models timed (the per-layer time is the slope)")
@@ -217,16 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU")
     args = p.parse_args(argv)
-    impls = [s for s in args.experts_impl.split(",") if s]
-    if not impls or set(impls) - {"grouped", "sequential"} or args.experts < 2:
-        p.error("--experts-impl takes grouped and/or sequential, --experts at least 2")
-    if len(set(args.layers)) < 2 or min(args.layers) < 1:
-        p.error("--layers needs two or more different layer counts, each at least 1")
-    try:
-        if not model_preset(args.model).is_moe:
-            impls = ["dense"]  # one layer kind: no experts to implement
-    except SpecError as exc:
-        p.error(str(exc))
+    impls = checked_args(p, args)
     from bench.host_ops import cpu_stand_ins
     from bench.megatron_step import device_and_megatron, init_single_process
 

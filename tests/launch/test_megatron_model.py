@@ -89,7 +89,8 @@ def test_megatron_layer_bench_counts_its_layers_on_the_cpu(tmp_path):
 
 
 @pytest.mark.parametrize("flags", [["--layers", "3"], ["--model", "gpt5"],
-                                   ["--experts-impl", "loop"]])
+                                   ["--experts-impl", "loop"], ["--tokens", "0"],
+                                   ["--iters", "0"], ["--kernels", "/"]])
 def test_megatron_layer_bench_refuses_bad_flags_in_one_line(tmp_path, flags):
     done = run_module("bench.megatron_layer", "--smoke", *flags, "-o", str(tmp_path / "x.csv"))
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
