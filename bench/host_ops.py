@@ -119,7 +119,6 @@ def megatron_layer_ops(layers: int, experts: int, fused: bool) -> tuple[int, int
     """Operators of a whole tiny GPTModel step (`experts` 0: dense; `fused`: the attention
     core is one fused kernel, as with flash attention or Transformer Engine)."""
     import torch
-    from megatron.core.transformer.moe import moe_utils
 
     from bench.megatron_layer import layer_spec, moe_config
     from bench.megatron_step import build_gpt, fwd_bwd_fn, transformer_config
@@ -130,7 +129,6 @@ def megatron_layer_ops(layers: int, experts: int, fused: bool) -> tuple[int, int
     config = transformer_config(model, Plan(global_batch_size=1), torch.float32)
     if experts:
         moe_config(config)
-    moe_utils.get_moe_layer_wise_logging_tracker().clear()
     cpu = torch.device("cpu")
     gpt = build_gpt(model, config, cpu, spec=layer_spec(config, "sequential", fused))
     step = fwd_bwd_fn(gpt, model, cpu)

@@ -45,7 +45,7 @@ from cost_models.cli_args import Parser
 from cost_models.specs import SpecError
 
 LAYER_COLUMNS = ("model", "tokens", "layers", "experts", "experts_impl", "wall_s", "gpu_busy_s",
-                     "host_blocked_s", "ops", "host_syncs", "megatron_core")
+                 "host_blocked_s", "ops", "host_syncs", "megatron_core")
 KERNEL_COLUMNS = ("model", "tokens", "layers", "experts_impl", "kernel", "calls", "total_s")
 SYNC_EVENTS = ("cudaStreamSynchronize", "cudaEventSynchronize", "cudaDeviceSynchronize",
                "aten::_local_scalar_dense")
@@ -119,19 +119,23 @@ def layer_spec(config, experts_impl: str, fused_attention: bool = True):
 
 
 def moe_config(config):
-    """The MoE settings of the runs measured: all-to-all dispatcher, auxiliary loss, QK norm."""
+    """The MoE settings of the runs measured (all-to-all dispatcher, auxiliary loss, QK norm),
+    with megatron-core's MoE module state made ready for a new model."""
+    from megatron.core.transformer.moe import moe_utils
+
     config.moe_token_dispatcher_type = "alltoall"
     config.moe_router_load_balancing_type = "aux_loss"
     config.moe_aux_loss_coeff = 1e-3
     config.qk_layernorm = True
+    moe_utils.get_moe_layer_wise_logging_tracker().clear()  # the last model's aux losses
+    if not hasattr(moe_utils, "te_general_gemm"):  # megatron-core 0.16.1 without TE names it
+        moe_utils.te_general_gemm = None  # only inside a failed import
     return config
 
 
 def build_model(name: str, tokens: int, layers: int, experts: int, experts_impl: str, device,
                 dtype, smoke: bool):
     """The preset's GPTModel with `layers` layers (of `experts` local experts if MoE)."""
-    from megatron.core.transformer.moe import moe_utils
-
     from bench.megatron_step import build_gpt, model_and_plan, transformer_config
 
     fields = {"num_experts": experts} if model_preset(name).is_moe else {}
@@ -139,9 +143,6 @@ def build_model(name: str, tokens: int, layers: int, experts: int, experts_impl:
     config = transformer_config(model, plan, dtype)
     if model.is_moe:
         moe_config(config)
-    moe_utils.get_moe_layer_wise_logging_tracker().clear()
-    if not hasattr(moe_utils, "te_general_gemm"):  # megatron-core 0.16.1 without TE names it
-        moe_utils.te_general_gemm = None  # only inside a failed import
     spec = layer_spec(config, experts_impl, fused_attention=device.type == "cuda")
     return model, build_gpt(model, config, device, spec=spec)
 

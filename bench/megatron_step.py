@@ -93,16 +93,14 @@ def init_single_process(device) -> None:
         model_parallel_cuda_manual_seed(1234)
 
 
-def build_gpt(model, config, device, spec=None, **spec_kwargs):
-    """megatron-core's GPTModel with `spec` or the local layer spec (`spec_kwargs`: more
-    arguments of get_gpt_layer_local_spec, e.g. num_experts)."""
+def build_gpt(model, config, device, spec=None):
+    """megatron-core's GPTModel with `spec`, by default the local layer spec."""
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        spec = spec or get_gpt_layer_local_spec(normalization=config.normalization,
-                                                **spec_kwargs)
+        spec = spec or get_gpt_layer_local_spec(normalization=config.normalization)
         gpt = GPTModel(config=config, transformer_layer_spec=spec, vocab_size=model.vocab_size,
                        max_sequence_length=model.seq_len, position_embedding_type="rope",
                        share_embeddings_and_output_weights=model.tied_embeddings)

@@ -221,9 +221,9 @@ def host_issue_s(cluster: ClusterSpec, plans: PlanArrays, moe: bool) -> np.ndarr
     """Host seconds to issue one layer's forward and backward for one micro-batch, and the
     forward again under full recomputation (selective recomputation re-runs a few norms and
     activations, left out), at the cluster's measured seconds per operator if it has one."""
-    counts = [HOST_OPS_PER_LAYER[(moe, fused)] for fused in (False, True)]
-    both, forward = (np.where(plans.flash_attention, fused, unfused)
-                     for unfused, fused in zip(*counts))
+    unfused, fused = HOST_OPS_PER_LAYER[(moe, False)], HOST_OPS_PER_LAYER[(moe, True)]
+    both = np.where(plans.flash_attention, fused[0], unfused[0])
+    forward = np.where(plans.flash_attention, fused[1], unfused[1])
     per_op_s = HOST_S_PER_OP if cluster.host_s_per_op is None else cluster.host_s_per_op
     return per_op_s * (both + np.where(plans.recompute == FULL_RECOMPUTE, forward, 0))
 
@@ -231,13 +231,13 @@ def host_issue_s(cluster: ClusterSpec, plans: PlanArrays, moe: bool) -> np.ndarr
 def host_bound_time_s(host_s, gpu_s, norm: float = HOST_OVERLAP_NORM):
     """Seconds of a layer call that needs `host_s` on the host to issue and `gpu_s` on the
     GPU to run: (host^p + gpu^p)^(1/p), p = `norm` (inf: max, perfect overlap). Fitted to
-    megatron-core's layers on one H100 (cost_models/host_fit.py; HOST_OVERLAP_NORM)."""
-    if np.isinf(norm):
-        return np.maximum(host_s, gpu_s)
-    host_s, gpu_s = np.asarray(host_s), np.asarray(gpu_s)
-    if norm == 3:  # the fitted norm: products and a cube root beat float powers 3x
-        return np.cbrt(host_s * host_s * host_s + gpu_s * gpu_s * gpu_s)
-    return (host_s ** norm + gpu_s ** norm) ** (1 / norm)
+    megatron-core's layers on one H100 (cost_models/host_fit.py; HOST_OVERLAP_NORM).
+    Written as longer x (1 + (shorter / longer)^p)^(1/p): exactly the longer side where the
+    other is 0, and the same formula for p = inf."""
+    longer = np.maximum(np.asarray(host_s, dtype=float), gpu_s)
+    shorter = np.minimum(np.asarray(host_s, dtype=float), gpu_s)
+    ratio = np.divide(shorter, longer, out=np.zeros_like(longer), where=longer > 0)
+    return longer * (1 + ratio ** norm) ** (1 / norm)
 
 
 def grouped_gemm_time_s(g, peak, curve: GemmCurve,

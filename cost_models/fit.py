@@ -392,8 +392,6 @@ HOST_LAYER_COLUMNS = ("experts_impl", "tokens", "layers", "wall_s", "gpu_busy_s"
 def with_measured_host(cluster: ClusterSpec, paths: list[str]) -> tuple[ClusterSpec, dict]:
     """The cluster with host_s_per_op fitted to bench.megatron_layer CSVs of one machine, at
     the cost model's own overlap norm (cost_models/host_fit.py)."""
-    from dataclasses import replace
-
     from cost_models.compute import HOST_OVERLAP_NORM
     from cost_models.host_fit import fit_runs, layer_slopes
 
@@ -436,8 +434,6 @@ def _host_layer_frame(path: str) -> pd.DataFrame:
 
 def with_measured_gemm(cluster: ClusterSpec, path: str) -> tuple[ClusterSpec, dict]:
     """The cluster whose GPU carries the GEMM curve fitted to `path` (bf16 products)."""
-    from dataclasses import replace
-
     from cost_models.gemm_curve import fit_gemm_curve, with_curve
 
     try:

@@ -62,9 +62,9 @@ def fit_runs(runs: dict[str, pd.DataFrame], norm: float) -> pd.DataFrame:
             if len(kind) < MIN_TOKEN_COUNTS:
                 continue  # one token count cannot tell the host from the GPU
             host_s, err = fit_host_s(kind, norm)
-            out.append({"run": run, "layer": impl, "host_s": host_s,
-                        "ops": float(kind.ops.median()),
-                        "per_op_s": host_s / float(kind.ops.median()),
+            ops = float(kind.ops.median())
+            out.append({"run": run, "layer": impl, "host_s": host_s, "ops": ops,
+                        "per_op_s": host_s / ops,
                         "mean_err": float(np.abs(err).mean()), "max_err": float(np.abs(err).max()),
                         "errors": err})
     return pd.DataFrame(out)
@@ -84,10 +84,8 @@ def host_s_per_op(fits: pd.DataFrame) -> float:
     return float(fits.groupby("run").per_op_s.median().median())
 
 
-def host_fit_lines(folder: Path) -> list[str]:
-    runs = read_runs(folder)
-    if not runs:
-        return [f"(skipped: no megatron_*_layer_*_run*.csv in {folder})"]
+def host_fit_lines(runs: dict[str, pd.DataFrame]) -> list[str]:
+    """The report of the fit (cost_models.kernel_fit prints it)."""
     norm, fits = best_norm(runs)
     at_max = np.abs(np.concatenate(fit_runs(runs, np.inf).errors.to_list()))
     at_norm = np.abs(np.concatenate(fits.errors.to_list()))

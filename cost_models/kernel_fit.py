@@ -128,14 +128,15 @@ def step_check(steps: pd.DataFrame, cluster) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def fused_op_counts(folder: Path) -> dict[bool, tuple[int, int]]:
+def fused_op_counts(host_ops: pd.DataFrame, runs: dict[str, pd.DataFrame]
+                    ) -> dict[bool, tuple[int, int]]:
     """Operators per layer call with a fused attention core, by MoE: (forward + backward, the
-    GPU-run count of bench.megatron_layer's slopes; forward alone, that scaled by the share
-    of forward operators in the CPU count of the same layers, host_ops.csv *_fused rows)."""
-    kept = pd.read_csv(folder / "host_ops.csv").set_index("layer")
+    GPU-run count of bench.megatron_layer's slopes, `runs`; forward alone, that scaled by the
+    share of forward operators in the CPU count of the same layers, host_ops.csv's *_fused
+    rows)."""
+    kept = host_ops.set_index("layer")
     cpu = {False: kept.loc["megatron_dense_fused"],
            True: kept.loc["megatron_moe_shared_fused"] + kept.loc["megatron_moe_per_expert_fused"]}
-    runs = read_runs(folder)
     slopes = pd.concat(runs.values(), ignore_index=True)
     gpu = {False: slopes.loc[slopes.experts_impl == "dense", "ops"].median(),
            True: slopes.loc[slopes.experts_impl == "grouped", "ops"].median()}
@@ -145,13 +146,14 @@ def fused_op_counts(folder: Path) -> dict[bool, tuple[int, int]]:
 
 def host_lines(folder: Path) -> list[str]:
     ops_path = folder / "host_ops.csv"
-    if not ops_path.exists() or not read_runs(folder):
+    runs = read_runs(folder)
+    if not ops_path.exists() or not runs:
         return [f"(skipped: host_ops.csv and megatron_*_layer_*_run*.csv are both needed in "
                 f"{folder})"]
     host_ops = pd.read_csv(ops_path)
     counts = ", ".join(f"{r.layer} {r.ops_fwd_bwd}/{r.ops_fwd}" for r in host_ops.itertuples())
-    fused = fused_op_counts(folder)
-    return host_fit_lines(folder) + [
+    fused = fused_op_counts(host_ops, runs)
+    return host_fit_lines(runs) + [
         f"operators per layer (fwd+bwd/fwd) counted on the CPU: {counts}; with a fused "
         f"attention core as the GPU runs them: dense {fused[False][0]}/{fused[False][1]}, "
         f"MoE {fused[True][0]}/{fused[True][1]}"]

@@ -308,6 +308,9 @@ class LinkTier:
         return self.latency_s, self.bandwidth_bytes_per_s
 
 
+MAX_HOST_S_PER_OP = 1e-2  # 400x the slowest host measured: more is a unit mistake
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ClusterSpec:
     """A cluster of identical nodes. tiers[0] is the intra-node (NVLink/NVSwitch) domain."""
@@ -328,9 +331,11 @@ class ClusterSpec:
         owner = f"cluster {self.name!r}"
         _require(self.host_s_per_op is None or (
             isinstance(self.host_s_per_op, (int, float))
-            and not isinstance(self.host_s_per_op, bool) and 0 <= self.host_s_per_op < 1e-2),
+            and not isinstance(self.host_s_per_op, bool)
+            and 0 <= self.host_s_per_op < MAX_HOST_S_PER_OP),
                  f"{owner}: host_s_per_op={self.host_s_per_op!r} must be seconds per operator "
-                 "in [0, 0.01) (about 2.6e-05 on H100 nodes) or null for the default")
+                 f"in [0, {MAX_HOST_S_PER_OP:g}) (about 2.6e-05 on H100 nodes) or null for the "
+                 "default")
         _positive(owner, gpus_per_node=self.gpus_per_node)
         _require(len(self.tiers) >= 2, f"{owner} needs an intra-node tier and at least one "
                                        f"network tier, got {len(self.tiers)}")

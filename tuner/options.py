@@ -11,7 +11,14 @@ import sys
 from dataclasses import replace
 
 from cost_models.loaders import load_cluster, load_model
-from cost_models.specs import ClusterSpec, ModelSpec, Precision, Recompute, SpecError
+from cost_models.specs import (
+    MAX_HOST_S_PER_OP,
+    ClusterSpec,
+    ModelSpec,
+    Precision,
+    Recompute,
+    SpecError,
+)
 
 DEFAULT_MODEL = "500b"
 DEFAULT_GPUS = 10000
@@ -104,9 +111,10 @@ def with_host_flag(cluster: ClusterSpec, args: argparse.Namespace) -> ClusterSpe
     host_us = getattr(args, "host_us_per_op", None)
     if host_us is None:
         return cluster
-    if not 0 <= host_us < 10_000:  # also refuses nan
-        raise SpecError(f"--host-us-per-op {host_us} must be microseconds in [0, 10000) "
-                        "(about 26 on H100 nodes; 0: no host cost)")
+    if not 0 <= host_us * 1e-6 < MAX_HOST_S_PER_OP:  # also refuses nan
+        raise SpecError(f"--host-us-per-op {host_us} must be microseconds in "
+                        f"[0, {MAX_HOST_S_PER_OP * 1e6:g}) (about 26 on H100 nodes; 0: no host "
+                        "cost)")
     return replace(cluster, host_s_per_op=host_us * 1e-6)
 
 

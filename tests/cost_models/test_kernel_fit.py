@@ -67,7 +67,7 @@ def test_host_constants_are_the_megatron_layer_fit():
 
 
 def test_fused_operator_counts_are_the_gpu_counts():
-    fused = fused_op_counts(GPU_RESULTS)
+    fused = fused_op_counts(read("host_ops.csv"), read_runs(GPU_RESULTS))
     assert compute.HOST_OPS_PER_LAYER[(False, True)] == fused[False]
     assert compute.HOST_OPS_PER_LAYER[(True, True)] == fused[True]
 
