@@ -159,7 +159,47 @@ def measurement_from_record(obj: dict) -> Measurement:
         problem = field_problem(name, obj[name])
         if problem:
             raise ValueError(f"field {name!r} {problem}, got {_short(obj[name])}")
-    return Measurement(**{k: obj[k] for k in MEASUREMENT_FIELDS if k in obj})
+    measurement = Measurement(**{k: obj[k] for k in MEASUREMENT_FIELDS if k in obj})
+    problem = consistency_problem(measurement)
+    if problem:
+        raise ValueError(problem)
+    return measurement
+
+
+# Slack for bandwidths a converter may have rounded (nccl-tests prints two decimals); the
+# suite writes them unrounded. Times compare with float rounding only.
+BANDWIDTH_RTOL = 0.01
+ORDER_RTOL = 1e-9
+
+
+def consistency_problem(m: Measurement) -> str | None:
+    """What in a record of well-formed fields contradicts itself (None: nothing): the buffer
+    is `count` elements of `dtype`, the time statistics are in order, and algbw and busbw
+    follow from size_bytes and time_us_mean (nccl-tests definitions, algbw_gbps and
+    busbw_gbps above). A record failing this was edited or produced by something else."""
+    element_bytes = DTYPE_BYTES[m.dtype]
+    if m.size_bytes != m.count * element_bytes:
+        return (f"size_bytes {m.size_bytes} is not count {m.count} x {element_bytes} bytes "
+                f"of {m.dtype}")
+    ordered = (_at_most(m.time_us_min, m.time_us_p50, m.time_us_p99, m.time_us_max)
+               and _at_most(m.time_us_min, m.time_us_mean, m.time_us_max))
+    if not ordered:
+        return (f"times out of order (min {m.time_us_min:g}, p50 {m.time_us_p50:g}, "
+                f"p99 {m.time_us_p99:g}, max {m.time_us_max:g}, mean {m.time_us_mean:g} us; "
+                "need min <= p50 <= p99 <= max and min <= mean <= max)")
+    time_s = m.time_us_mean / 1e6
+    expected = {"algbw_gbps": algbw_gbps(m.size_bytes, time_s),
+                "busbw_gbps": busbw_gbps(m.collective, m.size_bytes, time_s, m.group_size)}
+    for name, want in expected.items():
+        got = getattr(m, name)
+        if not math.isclose(got, want, rel_tol=BANDWIDTH_RTOL, abs_tol=1e-12):
+            return (f"{name} {got:.4g} does not follow from size_bytes / time_us_mean "
+                    f"({want:.4g}, nccl-tests definitions)")
+    return None
+
+
+def _at_most(*values: float) -> bool:
+    return all(a <= b * (1 + ORDER_RTOL) for a, b in zip(values, values[1:]))
 
 
 def make_header(**fields: object) -> dict:

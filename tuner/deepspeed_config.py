@@ -19,10 +19,18 @@ Standard library only.
 from __future__ import annotations
 
 from cost_models.specs import ModelSpec, Plan, Precision, Recompute, SpecError
+from tuner.plan_shapes import check_shapes
 
 
-def check_deepspeed(plan: Plan) -> None:
-    """Raise SpecError for a plan DeepSpeed's engines refuse."""
+def check_deepspeed(model: ModelSpec, plan: Plan) -> None:
+    """Raise SpecError for a plan DeepSpeed's engines refuse, or one that does not divide the
+    model (tuner.plan_shapes; Ulysses also scatters heads and the sequence over cp ranks)."""
+    check_shapes(model, plan, f"DeepSpeed cannot run plan {plan.name} for model "
+                              f"{model.name!r}:")
+    if plan.cp > 1 and (model.num_heads % plan.cp or model.seq_len % plan.cp):
+        raise SpecError(f"DeepSpeed cannot run plan {plan.name}: Ulysses sequence parallelism "
+                        f"(cp={plan.cp}) needs num_heads={model.num_heads} and "
+                        f"seq_len={model.seq_len} divisible by cp; use a cp that divides both")
     if plan.recompute == Recompute.MOE:
         raise SpecError(f"DeepSpeed cannot run plan {plan.name}: recompute 'moe' is "
                         "Megatron-Core's --recompute-modules layernorm moe; use selective or "
@@ -87,7 +95,7 @@ def _recompute_block(plan: Plan) -> dict[str, object]:
 
 def deepspeed_config(model: ModelSpec, plan: Plan) -> dict[str, object]:
     """The DeepSpeed config that runs `plan`: batch sizes, ZeRO, precision, parallel blocks."""
-    check_deepspeed(plan)
+    check_deepspeed(model, plan)
     config: dict[str, object] = {
         "train_micro_batch_size_per_gpu": plan.micro_batch_size,
         "gradient_accumulation_steps": plan.num_microbatches,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from cost_models.pipeline import interleaving, stage_split
 from cost_models.specs import Mlp, ModelSpec, Plan, Precision, Recompute, SpecError
+from tuner.plan_shapes import check_shapes
 
 # Megatron-LM can lay ranks out in two orders only (innermost first): its default, and the one
 # `--use-tp-pp-dp-mapping` selects. ep is carved out of tp*cp*dp in both (ETP = 1).
@@ -45,18 +46,11 @@ def check_megatron(model: ModelSpec, plan: Plan) -> None:
     tp 1 and fp16 with bf16; it lets the checks below through and training fails later.
     """
     where = f"Megatron-LM cannot run plan {plan.name} for model {model.name!r}:"
-    _require(model.num_heads % plan.tp == 0,
-             f"{where} num_heads={model.num_heads} is not divisible by tp={plan.tp}")
-    _require(model.num_kv_heads % plan.tp == 0,
-             f"{where} num_kv_heads={model.num_kv_heads} (query groups) is not divisible by "
-             f"tp={plan.tp}; use a tp that divides {model.num_kv_heads}")
     _require(plan.vpp == 1 or interleaving(model.num_layers, plan.pp, plan.vpp) is not None,
              f"{where} neither num_layers={model.num_layers} nor num_layers + 2 (the embedding "
              f"and the loss counted as layers) is divisible by pp*vpp={plan.pp}*{plan.vpp} "
              "(interleaving needs equal stages)")
-    _require(stage_split(model.num_layers, plan.pp, plan.vpp, model.mtp_layers) is not None,
-             f"{where} num_layers={model.num_layers} cannot be split over pp={plan.pp} "
-             "stages (uneven splits keep the middle stages equal)")
+    check_shapes(model, plan, where)
     _require(plan.cp == 1 or model.seq_len % (2 * plan.cp) == 0,
              f"{where} seq_len={model.seq_len} must be a multiple of 2*cp={2 * plan.cp}")
     _require(model.mlp in _ACTIVATIONS,
@@ -70,18 +64,12 @@ def check_megatron(model: ModelSpec, plan: Plan) -> None:
 
 def _check_experts(model: ModelSpec, plan: Plan, where: str) -> None:
     if not model.is_moe:
-        _require(plan.ep == 1, f"{where} ep={plan.ep} needs an MoE model (num_experts > 1)")
         _require(plan.recompute != Recompute.MOE,
                  f"{where} recompute 'moe' needs an MoE model; use selective")
         return
     _require(plan.recompute != Recompute.MOE or plan.flash_attention,
              f"{where} recompute 'moe' is a module-level mode of flash-attention runs; use "
              "selective or full without flash attention")
-    _require(model.num_experts % plan.ep == 0,
-             f"{where} num_experts={model.num_experts} is not divisible by ep={plan.ep}")
-    dense_ranks = plan.tp * plan.cp * plan.dp
-    _require(dense_ranks % plan.ep == 0,
-             f"{where} ep={plan.ep} must divide tp*cp*dp={dense_ranks} (expert tensor parallel 1)")
     _require(plan.ep == 1 or plan.precision != Precision.FP16,
              f"{where} expert parallelism (ep={plan.ep}) does not support fp16; use bf16")
 

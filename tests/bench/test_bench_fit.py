@@ -162,6 +162,9 @@ def test_single_rank_results_are_refused_in_one_line(tmp_path):
     header, records = lines[0], [json.loads(x) for x in lines[1:]]
     for r in records:
         r["group_size"] = 1
+        r["num_groups"] = 1
+        r["busbw_gbps"] = busbw_gbps(Collective(r["collective"]), r["size_bytes"],
+                                     r["time_us_mean"] / 1e6, 1)
     one = tmp_path / "one.jsonl"
     one.write_text("\n".join([header] + [json.dumps(r) for r in records]) + "\n")
     proc = subprocess.run([sys.executable, "-m", "cost_models.fit", str(one), "-o",

@@ -17,12 +17,17 @@ from bench.records import (
 
 
 def sample(size: int = 1024, **over) -> Measurement:
+    """A self-consistent record (bandwidths from the size and the mean time) with `over`."""
     fields = dict(collective=Collective.ALL_REDUCE, size_bytes=size, count=size // 4,
                   dtype="float32", group_size=4, layout="world", num_groups=1,
                   ranks_per_node=2, nodes=2, groups_per_node=1, warmup_iters=1, iters=5,
                   time_us_mean=10.0, time_us_min=9.0, time_us_max=12.0, time_us_p50=10.0,
-                  time_us_p99=11.9, algbw_gbps=0.1, busbw_gbps=0.15, wrong=0)
-    return Measurement(**(fields | over))
+                  time_us_p99=11.9, wrong=0) | over
+    time_s = fields["time_us_mean"] / 1e6
+    c, g = Collective(fields["collective"]), fields["group_size"]
+    bandwidths = dict(algbw_gbps=algbw_gbps(fields["size_bytes"], time_s),
+                      busbw_gbps=busbw_gbps(c, fields["size_bytes"], time_s, g))
+    return Measurement(**(bandwidths | fields))
 
 
 def write(path, records):
@@ -93,6 +98,12 @@ CORRUPT_LINES = [
     (_record(time_us_p99=float("nan")), "'time_us_p99' must be a finite number, got nan"),
     (_record(algbw_gbps=-1.0), "'algbw_gbps' must be >= 0"),
     (_record(wrong=None), "'wrong' must be an integer >= 0"),
+    (_record(count=1000), "size_bytes 4096 is not count 1000 x 4 bytes of float32"),
+    (_record(time_us_min=11.0), "times out of order (min 11, p50 10"),
+    (_record(time_us_p99=12.5), "need min <= p50 <= p99 <= max"),
+    (_record(time_us_mean=11.0), "algbw_gbps 0.4096 does not follow from size_bytes / "
+                                 "time_us_mean (0.3724"),
+    (_record(busbw_gbps=0.4096), "busbw_gbps 0.4096 does not follow"),
 ]
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from launch_specs import LLAMA, document, subprocess_env
 
-from cost_models.specs import Plan, SpecError
+from cost_models.specs import ModelSpec, Plan, SpecError
 from tuner import cli
 from tuner.launch import Allocation, build_parser, launch_command
 
@@ -237,3 +237,59 @@ def test_help_names_the_main_command_not_the_hidden_search(capsys):
     assert "autotune search" not in text
     assert "plan JSON written by `autotune --model MODEL --gpus N --out PLAN.json`" in text
     assert "rendezvous port, 1..65535" in text
+
+
+def _hand_edited(plan_edit: dict, config_edit: dict) -> dict:
+    """A plan edited by hand with its layout and DeepSpeed config edited to agree: the launch
+    section matches, so only the checks of the plan against the model can refuse it."""
+    doc = json.loads(json.dumps(document(LLAMA, LLAMA_8)))
+    doc["plan"] |= plan_edit
+    p = doc["plan"]
+    num_gpus = p["tp"] * p["pp"] * p["dp"] * p["cp"]
+    doc["layout"] |= {"num_gpus": num_gpus, "num_nodes": -(-num_gpus // 8),
+                      "num_microbatches": p["global_batch_size"] // (
+                          p["micro_batch_size"] * p["dp"])}
+    config = doc["launch"]["deepspeed_config"] | config_edit
+    doc["launch"]["deepspeed_config"] = {k: v for k, v in config.items() if v is not None}
+    return doc
+
+
+@pytest.mark.parametrize(("plan_edit", "config_edit", "expected"), [
+    ({"tp": 16, "pp": 1}, {"tensor_parallel": {"autotp_size": 16}, "pipeline": None},
+     "num_kv_heads=8 (query groups) is not divisible by tp=16; use a tp that divides 8"),
+    ({"tp": 1, "pp": 96, "sequence_parallel": False}, {"tensor_parallel": None, "pipeline": {
+        "stages": 96, "activation_checkpoint_interval": 0}},
+     "num_layers=80 cannot be split over pp=96 stages"),
+    ({"tp": 8, "pp": 1}, {"tensor_parallel": {"autotp_size": 8}, "pipeline": None}, None),
+])
+def test_deepspeed_launch_checks_the_plan_against_the_model(tmp_path, capsys, monkeypatch,
+                                                            plan_edit, config_edit, expected):
+    """A DeepSpeed launch runs the shape checks a Megatron launch runs (heads and KV heads
+    over tp, layers over pp), even where the hand-edited launch section agrees; a valid
+    edit (tp 8) launches."""
+    doc = _hand_edited(plan_edit, config_edit)
+    path = write(tmp_path, doc)
+    nodes = ["--nodes", str(doc["layout"]["num_nodes"]), "--gpus-per-node",
+             str(min(8, doc["layout"]["num_gpus"])), "--master-addr", "h0"]
+    for name in list(os.environ):
+        if name.startswith("SLURM_") or name in ("MASTER_ADDR", "MASTER_PORT"):
+            monkeypatch.delenv(name)
+    code = cli.main(["launch", str(path), "--framework", "deepspeed", "--dry-run", *nodes])
+    out, err = capsys.readouterr()
+    if expected is None:
+        assert code == 0, err
+        return
+    assert_one_line_error(code, out, err, tmp_path, expected)
+    assert "DeepSpeed cannot run plan" in err
+
+
+def test_deepspeed_ulysses_needs_heads_and_sequence_divisible_by_cp():
+    from tuner.deepspeed_config import deepspeed_config
+
+    odd_heads = ModelSpec(name="odd", num_layers=8, hidden_size=768, ffn_hidden_size=3072,
+                          num_heads=12, num_kv_heads=12, seq_len=4096, vocab_size=1024)
+    with pytest.raises(SpecError, match="Ulysses sequence parallelism \\(cp=8\\) needs "
+                                        "num_heads=12 and seq_len=4096 divisible by cp"):
+        deepspeed_config(odd_heads, Plan(dp=1, cp=8, global_batch_size=4))
+    assert deepspeed_config(odd_heads, Plan(dp=1, cp=4, global_batch_size=4))[
+        "sequence_parallel_size"] == 4

@@ -101,13 +101,22 @@ def test_provenance_records_the_profile_hash(tmp_path):
                         profile_path=tmp_path / "missing.json")
 
 
-def test_a_plan_megatron_cannot_run_keeps_the_reason():
+def test_a_plan_no_framework_can_run_keeps_the_reasons():
     plan = Plan(tp=2, pp=79, dp=1, global_batch_size=8)  # 80 layers do not split in 79 stages
     doc = document(LLAMA, plan)
     assert doc["launch"]["megatron_args"] is None
-    assert "num_layers=80 cannot be split over pp=79" in doc["launch"]["unsupported"][
-        "megatron"]
-    assert doc["launch"]["deepspeed_config"]["pipeline"]["stages"] == 79
+    assert doc["launch"]["deepspeed_config"] is None
+    for framework in ("megatron", "deepspeed"):
+        assert "num_layers=80 cannot be split over pp=79" in doc["launch"]["unsupported"][
+            framework]
+
+
+def test_a_plan_only_megatron_can_run_keeps_the_deepspeed_reason():
+    plan = Plan(tp=2, pp=2, vpp=2, dp=1, global_batch_size=8, zero=1)
+    doc = document(LLAMA, plan)
+    assert doc["launch"]["megatron_args"] is not None
+    assert doc["launch"]["deepspeed_config"] is None
+    assert "vpp=2" in doc["launch"]["unsupported"]["deepspeed"]
 
 
 def test_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path, monkeypatch):
