@@ -82,11 +82,28 @@ def ep_passes(plans: PlanArrays) -> np.ndarray:
     return np.where(redone, 3.0, 2.0)
 
 
+FP8_BYTES = 1
+
+
+def tp_gather_fraction(plans: PlanArrays) -> np.ndarray:
+    """Bytes of a sequence-parallel TP all-gather over those of the 16-bit activations it
+    replaces. FP8 runs gather GEMM inputs already cast to FP8, in Transformer Engine 1.x and
+    2.x alike: `_LayerNormLinear.forward` writes the normalized input as FP8 (uint8) before
+    `gather_along_first_dim`, and `TransformerEngineBaseModule.grad_output_preprocess`
+    casts the output gradient to FP8 before gathering it ("FP8 case with gather").
+    Reduce-scatters sum, so they stay 16-bit; without sequence parallelism the all-reduce
+    does too."""
+    fp8 = plans.precision == list(Precision).index(Precision.FP8)
+    return np.where(fp8, FP8_BYTES / ACT_BYTES, 1.0)
+
+
 def tp_pair_time_s(size_bytes, plans: PlanArrays, k, cluster: ClusterSpec) -> np.ndarray:
-    """One TP all-reduce, or its reduce-scatter + all-gather pair under sequence parallel."""
+    """One TP all-reduce, or its reduce-scatter + all-gather pair under sequence parallel
+    (`size_bytes` of 16-bit activations)."""
     ar = collective_time_s(AR, size_bytes, plans.tp, k, cluster)
+    gather_bytes = size_bytes * tp_gather_fraction(plans)
     pair = (collective_time_s(RS, size_bytes, plans.tp, k, cluster)
-            + collective_time_s(AG, size_bytes, plans.tp, k, cluster))
+            + collective_time_s(AG, gather_bytes, plans.tp, k, cluster))
     return np.where(plans.sequence_parallel, pair, ar)
 
 

@@ -291,3 +291,31 @@ def test_zero3_traffic_hides_behind_compute_and_intra_node_collectives_by_hand()
     est, mb, comm_s, m, hidden = _zero3_window_case(ep=32)
     window = mb["compute"] + mb["recompute"] + mb["tp_comm"]
     assert est.breakdown_s["dp_comm"] == pytest.approx(m * hidden(comm_s, window), rel=1e-9)
+
+
+def test_fp8_tensor_parallel_gathers_move_one_byte_per_element():
+    """Sequence-parallel TP per layer and pass: reduce-scatters of 16-bit activations, and
+    all-gathers of the FP8 copies Transformer Engine gathers in FP8 runs (bf16: 16-bit);
+    without sequence parallelism the all-reduce stays 16-bit."""
+    from cost_models.comm_terms import tp_comm_per_layer_s
+
+    model, cluster = model_preset("llama3-70b"), cluster_preset("dgx-h100")
+    size_bytes = model.seq_len * model.hidden_size * 2  # micro-batch 1, 16-bit
+
+    def per_layer_s(precision: str, sp: bool) -> float:
+        plans = from_plans([Plan(tp=8, dp=1, global_batch_size=1, precision=precision,
+                                 sequence_parallel=sp)])
+        k = np.array([8])  # the whole TP group inside one node
+        return float(tp_comm_per_layer_s(model, plans, k, cluster, moe=False)[0])
+
+    def t(c, size):
+        return float(collective_time_s(c, size, 8, 8, cluster))
+
+    rs, ag, ar = Collective.REDUCE_SCATTER, Collective.ALL_GATHER, Collective.ALL_REDUCE
+    # two pairs per layer (attention, MLP) in each of forward and backward
+    assert per_layer_s("bf16", True) == pytest.approx(4 * (t(rs, size_bytes)
+                                                           + t(ag, size_bytes)))
+    assert per_layer_s("fp8", True) == pytest.approx(4 * (t(rs, size_bytes)
+                                                          + t(ag, size_bytes / 2)))
+    assert per_layer_s("fp8", False) == pytest.approx(per_layer_s("bf16", False))
+    assert per_layer_s("fp8", False) == pytest.approx(4 * t(ar, size_bytes))
