@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import shutil
@@ -46,6 +47,10 @@ from cost_models.cli_args import Parser
 PREFIX = "ptfab"
 SUBNET = "10.77.0"
 EXIT_USAGE = 2
+MAX_NODES = 200  # one address each in SUBNET.0/24
+MAX_RANKS_PER_NODE = 1024  # every rank is a process on this host
+RATES_BITS_PER_S = (1e3, 1e12)  # tbf's queue limit (8 bursts of 1 ms) must fit in 32 bits
+MAX_DELAY_US = 1e6  # a second each way: beyond any fabric, and every message waits for it
 
 
 class FabricError(RuntimeError):
@@ -242,9 +247,14 @@ def cleanup_stale() -> list[str]:
     return names
 
 
+def prog_name() -> str:
+    """How this command was started: the console script or `python -m bench.fabric`."""
+    script = "partune-fabric"  # pyproject.toml's [project.scripts]
+    return script if os.path.basename(sys.argv[0]) == script else "python -m bench.fabric"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="python -m bench.fabric",
-                                description="Run a benchmark on an emulated multi-node fabric")
+    p = Parser(prog=prog_name(), description="Run a benchmark on an emulated multi-node fabric")
     p.add_argument("--nodes", type=int, default=2)
     p.add_argument("--ranks-per-node", type=int, default=2)
     p.add_argument("--rate", default="1gbit", help="inter-node link rate (e.g. 1gbit, none)")
@@ -261,11 +271,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def check_args(args) -> FabricSpec:
+def checked_rate(p: Parser, args) -> float | None:
+    """The link rate in bits/s (None: unshaped); every bad number among the flags is p.error's
+    one line, before anything is probed or built."""
+    if not (1 <= args.nodes <= MAX_NODES and 1 <= args.ranks_per_node <= MAX_RANKS_PER_NODE):
+        p.error(f"--nodes takes 1..{MAX_NODES}, --ranks-per-node 1..{MAX_RANKS_PER_NODE}")
+    try:
+        rate = parse_rate(args.rate)
+    except ValueError as exc:
+        p.error(str(exc))
+    low, high = RATES_BITS_PER_S
+    if rate is not None and not low <= rate <= high:
+        p.error(f"--rate {args.rate}: give 1kbit..1000gbit, or none for an unshaped link")
+    if args.delay_us is not None and not 0 <= args.delay_us <= MAX_DELAY_US:
+        p.error(f"--delay-us takes microseconds 0..{MAX_DELAY_US:.0f} (one way, between nodes)")
+    if not 0 < args.timeout < math.inf:
+        p.error("--timeout takes seconds > 0 for the whole run")
+    return rate
+
+
+def check_args(args, rate: float | None) -> FabricSpec:
     if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("tc") is None:
         raise FabricError("needs root and iproute2 (ip, tc) to create network namespaces")
-    if args.nodes < 1 or args.ranks_per_node < 1 or args.nodes > 200:
-        raise FabricError("--nodes must be 1..200 and --ranks-per-node >= 1")
     bench_args = args.bench_args[1:] if args.bench_args[:1] == ["--"] else args.bench_args
     if not bench_args:
         raise FabricError("give the benchmark arguments after --, e.g. -- all_reduce -b 1K")
@@ -275,10 +302,6 @@ def check_args(args) -> FabricSpec:
                           f"{' or '.join(FABRIC_BACKENDS)} (NCCL needs GPUs)")
     if backend == "mpi" and shutil.which("mpiexec") is None:
         raise FabricError("--backend mpi needs mpiexec on PATH (pip install mpich, or your MPI)")
-    try:
-        rate = parse_rate(args.rate)
-    except ValueError as exc:
-        raise FabricError(str(exc)) from None
     method = "none"
     if args.delay_us:
         method = "netem" if netem_available() and not args.user_link else "user-space link"
@@ -338,19 +361,21 @@ def run_on_fabric(spec: FabricSpec, bench_args: list[str], timeout_s: float) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    p = build_parser()
+    args = p.parse_args(argv)
+    rate = checked_rate(p, args)
     try:
         if args.cleanup:
             print(f"removed: {' '.join(cleanup_stale()) or 'nothing'}")
             return 0
-        spec = check_args(args)
+        spec = check_args(args, rate)
         code, reason = run_on_fabric(spec, args.bench_args, args.timeout)
     except FabricError as exc:
         code, reason = EXIT_USAGE, str(exc)
     except KeyboardInterrupt:
         code, reason = EXIT_USAGE, "interrupted; the fabric was torn down"
     if code:
-        print(f"bench.fabric: error: {reason}", file=sys.stderr)
+        print(f"{p.prog}: error: {reason}", file=sys.stderr)
     return code
 
 

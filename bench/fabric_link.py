@@ -22,6 +22,7 @@ import struct
 import sys
 import time
 
+from bench.fabric import MAX_DELAY_US
 from cost_models.cli_args import Parser
 
 TUNSETIFF = 0x400454CA
@@ -29,6 +30,7 @@ TUNSETOFFLOAD = 0x400454D0
 IFF_TAP, IFF_NO_PI, IFF_VNET_HDR = 0x0002, 0x1000, 0x4000
 TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6 = 0x01, 0x02, 0x04
 MAX_FRAME = 65536 + 64  # a TSO frame plus the virtio-net header
+IFNAMSIZ = 16  # a device name and its terminating NUL
 SPIN_S = 100e-6  # longest sleep while frames wait, so arrivals are read promptly
 
 
@@ -109,10 +111,16 @@ def _realtime() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = Parser(prog="python -m bench.fabric_link")
+    p = Parser(prog="python -m bench.fabric_link", description=__doc__.split("\n\n")[0])
     p.add_argument("--delay-us", type=float, required=True, help="hold per frame, per hop")
     p.add_argument("pairs", nargs="+", help="A:B names of TAP devices to join")
     args = p.parse_args(argv)
+    if not 0 <= args.delay_us <= MAX_DELAY_US:
+        p.error(f"--delay-us takes microseconds 0..{MAX_DELAY_US:.0f}")
+    names = [name for pair in args.pairs for name in pair.split(":")]
+    if any(pair.count(":") != 1 for pair in args.pairs) or not all(
+            0 < len(name) < IFNAMSIZ for name in names) or len(set(names)) < len(names):
+        p.error(f"pairs are A:B, distinct device names of 1..{IFNAMSIZ - 1} characters")
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     signal.signal(signal.SIGINT, lambda *_: stopping.append(1))

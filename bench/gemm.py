@@ -21,15 +21,16 @@ from __future__ import annotations
 import argparse
 import csv
 import itertools
-import os
 import sys
-import tempfile
 import time
 
 from bench.layer import LAYER_COLUMNS, layer_row, parse_layer_specs
+from cost_models.atomic import distinct_files, ensure_folder, output_target, replace_atomically
 from cost_models.cli_args import Parser
+from cost_models.specs import MODEL_LIMITS, SpecError
 
 EXIT_USAGE = 2
+MAX_SIZE = MODEL_LIMITS["ffn_hidden_size"]  # no layer has a wider product: a larger one is a typo
 GEMM_COLUMNS = ("m", "k", "n", "what", "hidden", "tp", "tflops", "time_s", "precision",
                 "rel_err")
 
@@ -103,28 +104,37 @@ def gemm_rows(shapes, precisions, dtype, device, warmup, iters):
 
 
 def write_csv(path: str, columns, rows) -> int:
-    """Write rows to a temporary file, then os.replace: never a half-written CSV."""
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    """Write rows (printing each) through `replace_atomically`: never a half-written CSV, and
+    never over a folder, device or pipe (SpecError). Returns the number of rows."""
     count = 0
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
+
+    def write(name: str) -> None:
+        nonlocal count
+        with open(name, "w", newline="") as f:
             out = csv.DictWriter(f, fieldnames=columns)
             out.writeheader()
             for row in rows:
                 out.writerow(row)
                 count += 1
                 print(" ".join(f"{k}={row[k]}" for k in columns), flush=True)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+
+    replace_atomically(path, write)
     return count
 
 
+def checked_outputs(outputs: list[tuple[str, str | None]]) -> None:
+    """SpecError unless every given (flag, path) names a distinct, writable regular file:
+    checked before anything is measured."""
+    distinct_files(outputs)
+    for flag, path in outputs:
+        if path is not None:
+            if not path.strip():
+                raise SpecError(f"{flag} is empty; name a .csv file")
+            ensure_folder(output_target(path).parent)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="python -m bench.gemm", description=__doc__.split("\n")[0])
+    p = Parser(prog="python -m bench.gemm", description=__doc__.split("\n\n")[0])
     p.add_argument("-o", "--output", required=True, help="GEMM CSV to write")
     p.add_argument("--layer-output", default=None, help="transformer-layer CSV to write")
     p.add_argument("--hidden", default="4096,8192,12288,16384,25600")
@@ -143,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_inputs(args, device) -> tuple:
+def parse_inputs(args, smoke: bool) -> tuple:
     """(hiddens, tps, tokens, extra shapes, precisions, layer specs); ValueError(message)."""
     try:
         hiddens, tps, tokens = (tuple(int(v) for v in s.split(",") if v)
@@ -152,16 +162,27 @@ def parse_inputs(args, device) -> tuple:
     except ValueError:
         raise ValueError("--hidden/--tp/--tokens take comma lists of integers, --shapes a "
                          "comma list of MxKxN") from None
+    sizes = [*hiddens, *tps, *tokens, *itertools.chain(*extra)]
+    if not (hiddens and tps and tokens) or not all(1 <= v <= MAX_SIZE for v in sizes):
+        raise ValueError(f"--hidden/--tp/--tokens/--shapes take integers 1..{MAX_SIZE:,}, "
+                         "and --hidden/--tp/--tokens at least one each")
+    if any(h % tp for h in hiddens for tp in tps):
+        raise ValueError("every --hidden must be divisible by every --tp")
+    if args.warmup < 0 or args.iters < 1 or args.layer_seq < 0:
+        raise ValueError("--iters takes a count >= 1, --warmup and --layer-seq >= 0")
     precisions = [p for p in args.precision.split(",") if p]
-    if any(p not in ("bf16", "fp8") for p in precisions) or any(len(e) != 3 for e in extra):
+    if not precisions or any(p not in ("bf16", "fp8") for p in precisions) or any(
+            len(e) != 3 for e in extra):
         raise ValueError("--precision takes bf16 and/or fp8; --shapes items are MxKxN")
-    if "fp8" in precisions and device.type != "cuda":
+    if "fp8" in precisions and smoke:
         raise ValueError("fp8 products need a CUDA GPU (Hopper or newer)")
     try:
         specs = parse_layer_specs(args.layer_specs, hiddens)
     except ValueError:
         raise ValueError("--layer-specs items are HIDDEN/HEADS/KV_HEADS/FFN/gelu|swiglu") \
             from None
+    if any(v < 1 for s in specs for v in (s.hidden, s.heads, s.kv_heads, s.ffn)):
+        raise ValueError("--layer-specs sizes must be >= 1")
     if args.layer_output and not (args.layer_seq or tokens):
         raise ValueError("the layer benchmark needs --layer-seq or --tokens")
     return hiddens, tps, tokens, extra, precisions, specs
@@ -184,26 +205,32 @@ def select_device(prog: str, smoke: bool):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    chosen = select_device("gemm", args.smoke)
+    p = build_parser()
+    args = p.parse_args(argv)
+    try:
+        parse_inputs(args, args.smoke)  # the flags as given, though --smoke replaces the shapes
+        if args.smoke:
+            args.hidden, args.tp, args.tokens, args.warmup, args.iters = "256", "1,2", "128", 1, 3
+        hiddens, tps, tokens, extra, precisions, specs = parse_inputs(args, args.smoke)
+        checked_outputs([("-o", args.output), ("--layer-output", args.layer_output)])
+    except ValueError as exc:  # SpecError too
+        p.error(str(exc))
+    chosen = select_device(p.prog, args.smoke)
     if chosen is None:
         return EXIT_USAGE
     device, dtype = chosen
-    if args.smoke:
-        args.hidden, args.tp, args.tokens, args.warmup, args.iters = "256", "1,2", "128", 1, 3
     try:
-        hiddens, tps, tokens, extra, precisions, specs = parse_inputs(args, device)
-    except ValueError as exc:
-        print(f"gemm: error: {exc}", file=sys.stderr)
+        write_csv(args.output, GEMM_COLUMNS,
+                  gemm_rows(shape_list(hiddens, tps, tokens, extra), precisions, dtype, device,
+                            args.warmup, args.iters))
+        if args.layer_output:
+            seq = args.layer_seq or min(tokens)
+            rows = (layer_row(spec, tp, seq, 1, dtype, device, args.warmup, args.iters)
+                    for spec in specs for tp in tps if spec.divisible_by(tp))
+            write_csv(args.layer_output, LAYER_COLUMNS, rows)
+    except SpecError as exc:
+        print(f"{p.prog}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    write_csv(args.output, GEMM_COLUMNS,
-              gemm_rows(shape_list(hiddens, tps, tokens, extra), precisions, dtype, device,
-                        args.warmup, args.iters))
-    if args.layer_output:
-        seq = args.layer_seq or min(tokens)
-        rows = (layer_row(spec, tp, seq, 1, dtype, device, args.warmup, args.iters)
-                for spec in specs for tp in tps if spec.divisible_by(tp))
-        write_csv(args.layer_output, LAYER_COLUMNS, rows)
     return 0
 
 

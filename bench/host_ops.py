@@ -29,9 +29,9 @@ import contextlib
 import sys
 import warnings
 
-from bench.gemm import EXIT_USAGE, write_csv
+from bench.gemm import EXIT_USAGE, checked_outputs, write_csv
 from cost_models.cli_args import Parser
-from cost_models.specs import ModelSpec, Plan
+from cost_models.specs import ModelSpec, Plan, SpecError
 
 HOST_OPS_COLUMNS = ("layer", "ops_fwd_bwd", "ops_fwd", "source")
 TINY = {"hidden_size": 128, "ffn_hidden_size": 256, "num_heads": 8, "num_kv_heads": 2,
@@ -185,6 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     p = Parser(prog="python -m bench.host_ops", description=__doc__.split("\n")[0])
     p.add_argument("-o", "--output", required=True, help="CSV to write")
     args = p.parse_args(argv)
+    try:
+        checked_outputs([("-o", args.output)])
+    except SpecError as exc:
+        print(f"host_ops: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -23,9 +23,10 @@ import argparse
 import itertools
 import sys
 
-from bench.gemm import EXIT_USAGE, median_time_s, select_device, write_csv
+from bench.gemm import EXIT_USAGE, checked_outputs, median_time_s, select_device, write_csv
 from cost_models.cli_args import Parser
 from cost_models.flops import CAUSAL_FRACTION, FLASH_BACKWARD_FACTOR
+from cost_models.specs import SpecError
 
 ATTENTION_COLUMNS = ("backend", "batch", "heads", "seq", "head_dim", "fwd_s", "fwd_bwd_s",
                      "fwd_flops", "fwd_tflops", "fwd_bwd_tflops", "rel_err")
@@ -153,7 +154,7 @@ def ints(text: str) -> list[int]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="python -m bench.kernels",
-                                description=__doc__.split("\n")[0])
+               description=__doc__.split("\n\n")[0].rstrip(":") + ".")  # its summary line
     p.add_argument("kind", choices=sorted(KINDS))
     p.add_argument("-o", "--output", required=True, help="CSV to write")
     p.add_argument("--backends", default="flash,cudnn", help="attention: flash,cudnn,...")
@@ -192,22 +193,29 @@ def smoke(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    p = build_parser()
+    args = p.parse_args(argv)
     try:
         parse_lists(args)
     except ValueError:
-        print("kernels: error: --heads/--seqs/--rows/--cols/--experts take comma lists of "
-              "integers, --kn KxN items, --backends names from flash,cudnn,efficient,math",
-              file=sys.stderr)
-        return EXIT_USAGE
-    chosen = select_device("kernels", args.smoke)
+        p.error("--heads/--seqs/--rows/--cols/--experts take comma lists of integers, --kn KxN "
+                "items, --backends names from flash,cudnn,efficient,math")
+    try:
+        checked_outputs([("-o", args.output)])
+    except SpecError as exc:
+        p.error(str(exc))
+    chosen = select_device(p.prog, args.smoke)
     if chosen is None:
         return EXIT_USAGE
     device, dtype = chosen
     if args.smoke:
         smoke(args)
     columns, rows = KINDS[args.kind]
-    write_csv(args.output, columns, rows(args, dtype, device))
+    try:
+        write_csv(args.output, columns, rows(args, dtype, device))
+    except SpecError as exc:
+        print(f"{p.prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     return 0
 
 

@@ -34,12 +34,11 @@ Transformer Engine's grouped GEMM does) where `sequential` is megatron-core's Se
 
 from __future__ import annotations
 
+import itertools
 import sys
-from pathlib import Path
 
-from bench.gemm import EXIT_USAGE, median_time_s, write_csv
+from bench.gemm import EXIT_USAGE, checked_outputs, median_time_s, write_csv
 from bench.kernels import ints
-from cost_models.atomic import ensure_folder
 from cost_models.catalog import model_preset
 from cost_models.cli_args import Parser
 from cost_models.specs import SpecError
@@ -133,13 +132,21 @@ def moe_config(config):
     return config
 
 
+def layer_model(name: str, tokens: int, layers: int, experts: int, smoke: bool):
+    """(ModelSpec, Plan) of the preset with `layers` layers at `tokens` tokens (`experts`
+    local experts if MoE); SpecError where the spec's checks or limits refuse them."""
+    from bench.megatron_step import model_and_plan
+
+    fields = {"num_experts": experts} if model_preset(name).is_moe else {}
+    return model_and_plan(name, layers, tokens, fields | (SMOKE if smoke else {}))
+
+
 def build_model(name: str, tokens: int, layers: int, experts: int, experts_impl: str, device,
                 dtype, smoke: bool):
     """The preset's GPTModel with `layers` layers (of `experts` local experts if MoE)."""
-    from bench.megatron_step import build_gpt, model_and_plan, transformer_config
+    from bench.megatron_step import build_gpt, transformer_config
 
-    fields = {"num_experts": experts} if model_preset(name).is_moe else {}
-    model, plan = model_and_plan(name, layers, tokens, fields | (SMOKE if smoke else {}))
+    model, plan = layer_model(name, tokens, layers, experts, smoke)
     config = transformer_config(model, plan, dtype)
     if model.is_moe:
         moe_config(config)
@@ -207,29 +214,34 @@ def measure(tokens, layers, experts, impl, device, dtype, args) -> dict:
 
 def checked_args(p: Parser, args) -> list[str]:
     """The experts implementations to time; every bad flag is p.error's one line, before
-    anything is built or measured (also an output that could not be written at the end)."""
+    anything is built or measured: also an output that could not be written at the end, and
+    a token, layer or expert count the model spec refuses (its limits, cost_models.specs)."""
     impls = [s for s in args.experts_impl.split(",") if s]
     if not impls or set(impls) - {"grouped", "sequential"} or args.experts < 2:
         p.error("--experts-impl takes grouped and/or sequential, --experts at least 2")
     if len(set(args.layers)) < 2 or min(args.layers) < 1:
         p.error("--layers needs two or more different layer counts, each at least 1")
+    if args.tokens == []:  # given, but only commas or nothing
+        p.error("--tokens is empty; give token counts, e.g. 1024,2048")
     args.tokens = args.tokens or ([64, 128] if args.smoke else [1024, 2048, 4096, 8192])
     if min(args.tokens) < 1 or args.iters < 1 or args.warmup < 0:
         p.error("--tokens and --iters take counts >= 1, --warmup >= 0")
     try:
-        for path in filter(None, (args.output, args.kernels)):
-            if Path(path).is_dir():
-                raise SpecError(f"{path} is a folder; name a .csv file in it")
-            ensure_folder(Path(path).parent)
+        checked_outputs([("-o", args.output), ("--kernels", args.kernels)])
         if not model_preset(args.model).is_moe:
             impls = ["dense"]  # one layer kind: no experts to implement
     except SpecError as exc:
         p.error(str(exc))
+    for tokens, layers in itertools.product(args.tokens, args.layers):
+        try:
+            layer_model(args.model, tokens, layers, args.experts, args.smoke)
+        except SpecError as exc:
+            p.error(f"--tokens {tokens} --layers {layers} --experts {args.experts}: {exc}")
     return impls
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = Parser(prog="python -m bench.megatron_layer", description=__doc__.split("\n")[0])
+    p = Parser(prog="python -m bench.megatron_layer", description=__doc__.split("\n\n")[0])
     p.add_argument("-o", "--output", required=True, help="CSV to write")
     p.add_argument("--model", default="qwen3-235b-a22b", help="model preset")
     p.add_argument("--tokens", type=ints, default=None,
@@ -248,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.host_ops import cpu_stand_ins
     from bench.megatron_step import device_and_megatron, init_single_process
 
-    ready = device_and_megatron("megatron_layer", args.smoke)
+    ready = device_and_megatron(p.prog, args.smoke)
     if ready is None:
         return EXIT_USAGE
     device, dtype, mcore = ready
@@ -265,9 +277,13 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(row | {"megatron_core": mcore.__version__})
                 shown = {k: v for k, v in rows[-1].items() if k != "kernels"}
                 print(f"measured: {shown}", file=sys.stderr, flush=True)
-    write_csv(args.output, LAYER_COLUMNS, [{k: r[k] for k in LAYER_COLUMNS} for r in rows])
-    if args.kernels:
-        write_csv(args.kernels, KERNEL_COLUMNS, kernel_rows(rows))
+    try:
+        write_csv(args.output, LAYER_COLUMNS, [{k: r[k] for k in LAYER_COLUMNS} for r in rows])
+        if args.kernels:
+            write_csv(args.kernels, KERNEL_COLUMNS, kernel_rows(rows))
+    except SpecError as exc:  # the place became unwritable during the run
+        print(f"{p.prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     return 0
 
 

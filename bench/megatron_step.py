@@ -19,7 +19,7 @@ import sys
 import warnings
 from dataclasses import replace
 
-from bench.gemm import EXIT_USAGE, median_time_s, select_device, write_csv
+from bench.gemm import EXIT_USAGE, checked_outputs, median_time_s, select_device, write_csv
 from cost_models.catalog import model_preset
 from cost_models.cli_args import Parser
 from cost_models.specs import Plan, SpecError
@@ -155,6 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--smoke", action="store_true", help="a tiny model on the CPU")
     args = p.parse_args(argv)
+    try:
+        checked_outputs([("-o", args.output)])
+    except SpecError as exc:
+        print(f"megatron_step: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     ready = device_and_megatron("megatron_step", args.smoke)
     if ready is None:
         return EXIT_USAGE

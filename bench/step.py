@@ -18,9 +18,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench.gemm import EXIT_USAGE, median_time_s, select_device, write_csv
+from bench.gemm import EXIT_USAGE, checked_outputs, median_time_s, select_device, write_csv
 from bench.layer import LayerSpec, layer_forward, layer_weights, norm
 from cost_models.cli_args import Parser
+from cost_models.specs import SpecError
 
 STEP_COLUMNS = ("layers", "hidden", "heads", "kv_heads", "ffn", "mlp", "seq", "vocab",
                 "micro_batches", "step_s", "peak_memory_bytes")
@@ -108,6 +109,11 @@ def main(argv: list[str] | None = None) -> int:
            args.vocab, args.micro_batches, args.iters) < 1 or args.heads % args.kv_heads:
         print("step: error: sizes must be positive and --heads a multiple of --kv-heads",
               file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        checked_outputs([("-o", args.output)])
+    except SpecError as exc:
+        print(f"step: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     chosen = select_device("step", args.smoke)
     if chosen is None:

@@ -12,6 +12,7 @@ tests/cost_models/test_kernel_fit.py re-derives them.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -226,22 +227,35 @@ def report(folder: Path, cluster, gpu: str = "h100") -> str:
     return "\n".join(lines + host_lines(folder))
 
 
+def checked_gpu(p: Parser, folder: Path, gpu: str | None) -> str:
+    """The --gpu suffix to read: h100 when not given; a given one must name files there."""
+    if gpu is None:
+        return "h100"
+    if not re.fullmatch(r"[\w.-]+", gpu):
+        p.error(f"--gpu {gpu!r}: give the suffix of the file names, e.g. h100 for gemm_h100.csv")
+    names = [pattern.format(gpu=gpu) for pattern, _ in SECTIONS if "{gpu}" in pattern]
+    if not any((folder / name).is_file() for name in names):
+        p.error(f"--gpu {gpu}: none of {', '.join(names)} is in {folder}; give the suffix of "
+                "the files there")
+    return gpu
+
+
 def main(argv: list[str] | None = None) -> int:
     from cost_models.catalog_clusters import cluster_preset
 
-    p = Parser(prog="python -m cost_models.kernel_fit",
-                                description=__doc__.split("\n")[0])
+    p = Parser(prog="python -m cost_models.kernel_fit", description=__doc__.split("\n\n")[0])
     p.add_argument("folder", type=Path, help="folder of bench.gemm/kernels/step results")
-    p.add_argument("--gpu", default="h100", help="suffix of the file names (gemm_GPU.csv)")
+    p.add_argument("--gpu", help="suffix of the file names (gemm_GPU.csv; default h100)")
     args = p.parse_args(argv)
+    gpu = checked_gpu(p, args.folder, args.gpu)
     try:
-        print(report(args.folder, cluster_preset("dgx-h100"), args.gpu))
+        print(report(args.folder, cluster_preset("dgx-h100"), gpu))
     except KeyError as exc:
-        print(f"kernel_fit: error: a results file in {args.folder} lacks the column {exc}; "
+        print(f"{p.prog}: error: a results file in {args.folder} lacks the column {exc}; "
               "re-make it with bench.gemm/bench.kernels/bench.step", file=sys.stderr)
         return 2
     except (OSError, ValueError, AttributeError, pd.errors.ParserError) as exc:
-        print(f"kernel_fit: error: cannot read the measurements in {args.folder}: {exc}",
+        print(f"{p.prog}: error: cannot read the measurements in {args.folder}: {exc}",
               file=sys.stderr)
         return 2
     return 0

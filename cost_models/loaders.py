@@ -19,7 +19,6 @@ Units are in the key names (bytes, bytes_per_s, latency_s, flops = FLOP/s). "pro
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 from collections.abc import Mapping
@@ -32,6 +31,7 @@ from cost_models.atomic import write_json_atomic
 from cost_models.catalog import MODELS, closest_names, model_preset
 from cost_models.catalog_clusters import CLUSTERS, cluster_preset
 from cost_models.catalog_sizes import is_size, model_from_size
+from cost_models.json_text import parse_json
 from cost_models.specs import (
     MODEL_LIMITS,
     ClusterSpec,
@@ -109,17 +109,16 @@ def _read_mapping(path: Path) -> dict:
                         ) from None
     except OSError as error:
         raise SpecError(f"{path}: cannot read ({error.strerror or error})") from None
-    yaml_file = path.suffix.lower() in (".yaml", ".yml")
-    try:
-        data = _parse_yaml(path, text) if yaml_file else json.loads(text)
-    except json.JSONDecodeError as error:
-        raise SpecError(f"{path}: not valid JSON ({error.msg} at line {error.lineno} "
-                        f"column {error.colno})") from None
-    except SpecError:  # not valid YAML, said by _parse_yaml
-        raise
-    except (RecursionError, ValueError):
-        raise SpecError(f"{path}: nested too deeply or a number too large to read; "
-                        "a model or cluster file is a flat object") from None
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            data = _parse_yaml(path, text)
+        except (RecursionError, ValueError) as error:
+            if isinstance(error, SpecError):  # not valid YAML, said by _parse_yaml
+                raise
+            raise SpecError(f"{path}: nested too deeply or a number too large to read; "
+                            "a model or cluster file is a flat object") from None
+    else:
+        data = parse_json(text, str(path), "a model or cluster file is a flat JSON object")
     return _require_mapping(data, str(path))
 
 
@@ -248,13 +247,16 @@ def _hf_moe_layers(data: dict, layers: int, where: str) -> int:
     dense = data.get("mlp_only_layers") or []
     if not isinstance(dense, list):
         raise SpecError(f"{where}: mlp_only_layers must be a list of layer indices")
-    return sum(1 for i in range(layers) if (i + 1) % step == 0 and i not in dense)
+    dense_set = {i for i in dense if isinstance(i, int)}  # a set: one lookup per layer
+    return sum(1 for i in range(layers) if (i + 1) % step == 0 and i not in dense_set)
 
 
 def _hf_moe(data: dict, layers: int, ffn: int, where: str) -> dict:
     experts = (data.get("num_experts") or data.get("num_local_experts")
                or data.get("n_routed_experts") or 1)
     _check_value("num_experts", "int", experts, where)
+    if experts < 1:
+        raise SpecError(f"{where}: num_experts={experts} must be >= 1 (1: a dense model)")
     moe_layers = _hf_moe_layers(data, layers, where) if experts > 1 else 0
     if moe_layers == 0:
         return {}

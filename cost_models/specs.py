@@ -122,6 +122,8 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         owner = f"model {self.name!r}"
+        _require(isinstance(self.name, str) and self.name.strip() != "",
+                 "model.name is empty; name the model (plan files and reports show it)")
         object.__setattr__(self, "mlp", _enum(owner, "mlp", self.mlp, Mlp))
         _positive(owner, num_layers=self.num_layers, hidden_size=self.hidden_size,
                   ffn_hidden_size=self.ffn_hidden_size, num_heads=self.num_heads,
@@ -266,6 +268,22 @@ class GpuSpec:
         return peak
 
 
+# What one GPU's link can be: 1 kB/s to 100 TB/s, latency up to 10 s (the range
+# cost_models.fit searches). Outside it a profile's value is a typo or a unit mistake, and
+# plans priced with it are nonsense (a 1e-300 B/s link prices a pipeline hop at minutes).
+LINK_BANDWIDTH_RANGE_BYTES_PER_S = (1e3, 1e14)
+MAX_LINK_LATENCY_S = 10.0
+
+
+def _check_link(owner: str, latency_s: float, bandwidth_bytes_per_s: float) -> None:
+    low, high = LINK_BANDWIDTH_RANGE_BYTES_PER_S
+    _require(low <= bandwidth_bytes_per_s <= high,
+             f"{owner}.bandwidth_bytes_per_s={bandwidth_bytes_per_s!r} must be in "
+             f"[{low:g}, {high:g}] (bytes per second per GPU)")
+    _require(0 <= latency_s <= MAX_LINK_LATENCY_S,
+             f"{owner}.latency_s={latency_s!r} must be in [0, {MAX_LINK_LATENCY_S:g}] seconds")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CollectiveLink:
     """A per-collective override of a tier's fitted latency and bandwidth."""
@@ -273,6 +291,10 @@ class CollectiveLink:
     collective: str
     latency_s: float
     bandwidth_bytes_per_s: float
+
+    def __post_init__(self) -> None:
+        _check_link(f"per_collective {self.collective!r}", self.latency_s,
+                    self.bandwidth_bytes_per_s)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -294,8 +316,11 @@ class LinkTier:
 
     def __post_init__(self) -> None:
         owner = f"tier {self.name!r}"
-        _positive(owner, bandwidth_bytes_per_s=self.bandwidth_bytes_per_s)
-        _require(self.latency_s >= 0, f"{owner}.latency_s={self.latency_s} must be >= 0")
+        _check_link(owner, self.latency_s, self.bandwidth_bytes_per_s)
+        collectives = [item.collective for item in self.per_collective]
+        _require(len(set(collectives)) == len(collectives),
+                 f"{owner}: per_collective names a collective twice ({collectives}); keep "
+                 "one entry per collective")
         _require(self.domain_gpus >= 0, f"{owner}.domain_gpus must be >= 0")
         _require(self.oversubscription >= 1.0,
                  f"{owner}.oversubscription={self.oversubscription} must be >= 1")
@@ -347,9 +372,10 @@ class ClusterSpec:
         bounded = [t.domain_gpus for t in self.tiers[:-1]]
         _require(all(a < b for a, b in zip(bounded, bounded[1:])),
                  f"{owner}: tier domains {bounded} must grow outwards (nvlink < leaf < ...)")
-        _require(self.nics_per_node >= 1 and self.nic_bandwidth_bytes_per_s > 0,
-                 f"{owner}: nics_per_node={self.nics_per_node} and nic_bandwidth_bytes_per_s="
-                 f"{self.nic_bandwidth_bytes_per_s} must be >= 1 and > 0")
+        _require(self.nics_per_node >= 1, f"{owner}: nics_per_node={self.nics_per_node} "
+                                          "must be >= 1")
+        _check_link(owner.replace("cluster", "the NICs of cluster"), 0.0,
+                    self.nic_bandwidth_bytes_per_s)
 
 
 ZERO3_IMPLS = ("fsdp", "deepspeed")

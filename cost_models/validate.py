@@ -38,6 +38,7 @@ from cost_models.analytical import TIME_TERMS, estimate_batch
 from cost_models.catalog_clusters import cluster_for_run
 from cost_models.pipeline import interleaving
 from cost_models.plan_arrays import PlanArrays, from_plans, to_plan
+from cost_models.plan_shapes import shape_problem
 from cost_models.specs import (
     ZERO3_IMPLS,
     ClusterSpec,
@@ -204,7 +205,7 @@ def row_candidates(row: dict, model: ModelSpec) -> tuple[Plan, ...]:
     modern = publication_year(row) >= MEGATRON_2022_FEATURES_YEAR
     space = itertools.product(
         _choices(row, "micro_batch_size", mbs_all), _choices(row, "vpp", vpp_all),
-        _choices(row, "sequence_parallel", (0, 1) if tp > 1 and modern else (0,)),
+        _sp_choices(row, tp, modern),
         recompute_choices(row, model, modern),
         _choices(row, "zero", (0, 1) if modern else (0,)))
     plans, reasons = [], []
@@ -219,9 +220,21 @@ def row_candidates(row: dict, model: ModelSpec) -> tuple[Plan, ...]:
                               moe_load_factor=load))
         except SpecError as exc:
             reasons.append(str(exc))
+            continue
+        problem = shape_problem(model, plans[-1])
+        if problem:
+            reasons.append(f"plan {plans.pop().name}: {problem}")
     if not plans:
         raise SpecError(f"no plan is consistent with the printed knobs ({reasons[0]})")
     return tuple(plans)
+
+
+def _sp_choices(row: dict, tp: int, modern: bool) -> tuple[int, ...]:
+    """sequence_parallel as printed (1/0, true/false), else both where the software had it."""
+    stated = _flag(row, "sequence_parallel")
+    if stated is not None:
+        return (int(stated),)
+    return (0, 1) if tp > 1 and modern else (0,)
 
 
 FLASH_ATTENTION_FIRST_YEAR = 2023

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import shlex
 import sys
 from dataclasses import dataclass
 
 from cost_models.analytical import estimate
-from cost_models.atomic import ensure_folder
+from cost_models.atomic import distinct_files, ensure_folder, output_target
 from cost_models.cli_args import Parser
 from cost_models.gemm_curve import curve_for
 from cost_models.params import count_parameters
@@ -118,12 +119,12 @@ def _knobs(args: argparse.Namespace) -> Knobs:
 
 
 def _batch_range(args: argparse.Namespace, seq_len: int) -> tuple[tuple[int, int], str]:
-    if args.global_batch and args.global_batch_tokens:
+    if args.global_batch is not None and args.global_batch_tokens is not None:
         raise SpecError("--global-batch and --global-batch-tokens contradict; give one")
-    if args.global_batch:
+    if args.global_batch is not None:
         lo, hi = opt.value_range(args.global_batch, "--global-batch")
         return (int(lo), int(hi)), f"{args.global_batch} sequences (requested)"
-    if args.global_batch_tokens:
+    if args.global_batch_tokens is not None:
         lo, hi = opt.value_range(args.global_batch_tokens, "--global-batch-tokens")
         note = f"{args.global_batch_tokens} tokens (requested)"
     else:
@@ -279,11 +280,40 @@ def text_report(req: Request, ranked: list[Ranked], args) -> str:
     return "\n".join(parts)
 
 
+def _input_files(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The files the run reads that an output must not replace."""
+    files = [(f"--{flag}", getattr(args, flag)) for flag in ("model", "cluster")
+             if getattr(args, flag) and os.path.isfile(getattr(args, flag))]
+    storage = args.storage or ""
+    for scheme in ("journal:", "sqlite:///"):
+        if storage.startswith(scheme):
+            files.append(("--storage", storage[len(scheme):]))
+    return files
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Outputs checked before the search: not empty, a writable place, none naming another
+    output or an input (a model or cluster file, the study's journal), the plot folder
+    made. A plot that fails after this leaves the complete plan file."""
+    from tuner.plots import plot_targets
+
+    for flag, what in (("out", "the plan JSON file"), ("plot", "a folder for the figures")):
+        value = getattr(args, flag)
+        if value is not None and not value.strip():
+            raise SpecError(f"--{flag} is empty; name {what}, or leave --{flag} out")
+    plots = plot_targets(args.plot) if args.plot else []
+    if args.out:
+        output_target(args.out)
+    distinct_files([("--out", args.out)] + [("--plot", p) for p in plots],
+                   inputs=_input_files(args))
+    if args.plot:
+        ensure_folder(args.plot)
+
+
 def run(argv: list[str], prog: str = "autotune") -> int:
     args = build_parser(prog).parse_args(argv)
     req = build_request(args)
-    if args.plot:  # a folder that cannot be written fails before the plan file is written
-        ensure_folder(args.plot)
+    check_outputs(args)
     ranked, infeasible = search(req, args)
     if not ranked:
         raise SpecError(no_plan_message(req, infeasible))

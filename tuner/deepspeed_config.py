@@ -18,8 +18,8 @@ Standard library only.
 
 from __future__ import annotations
 
+from cost_models.plan_shapes import check_shapes
 from cost_models.specs import ModelSpec, Plan, Precision, Recompute, SpecError
-from tuner.plan_shapes import check_shapes
 
 
 def check_deepspeed(model: ModelSpec, plan: Plan) -> None:

@@ -229,6 +229,9 @@ def _check_flags(args: argparse.Namespace) -> None:
     if args.master_addr is not None and not args.master_addr.strip():
         raise SpecError("--master-addr is empty; pass the rendezvous host, or leave it out to "
                         "use MASTER_ADDR or the first node of the Slurm job")
+    if args.master_addr is not None and any(c.isspace() for c in args.master_addr):
+        raise SpecError(f"--master-addr {args.master_addr!r} holds white space; pass one host "
+                        "name or address")
     _script(args.script, args.framework)
 
 
@@ -266,6 +269,9 @@ def run(argv: Sequence[str], env: Mapping[str, str], prog: str = "python -m tune
     command = launch_command(loaded, args.framework, allocation, script=args.script,
                              extra_args=extra, deepspeed_config_path=config_path,
                              with_megatron_args=args.with_megatron_args)
+    if not args.dry_run and shutil.which(command[0]) is None:
+        raise SpecError(f"cannot start {command[0]!r}: not on PATH; install torch (it provides "
+                        "torchrun) in this environment")
     if config_path is not None:
         _write_config(launch["deepspeed_config"], config_path, args.dry_run, prog)
     if args.dry_run:

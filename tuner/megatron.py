@@ -20,8 +20,8 @@ Standard library only: megatron-core needs torch, which tuner/ must not import.
 from __future__ import annotations
 
 from cost_models.pipeline import interleaving, stage_split
+from cost_models.plan_shapes import check_shapes
 from cost_models.specs import Mlp, ModelSpec, Plan, Precision, Recompute, SpecError
-from tuner.plan_shapes import check_shapes
 
 # Megatron-LM can lay ranks out in two orders only (innermost first): its default, and the one
 # `--use-tp-pp-dp-mapping` selects. ep is carved out of tp*cp*dp in both (ETP = 1).

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
 import numbers
 import os
@@ -29,6 +28,7 @@ from pathlib import Path
 
 from cost_models.atomic import write_json_atomic
 from cost_models.goodput import goodput
+from cost_models.json_text import parse_json
 from cost_models.loaders import cluster_from_dict, cluster_to_dict
 from cost_models.params import count_parameters
 from cost_models.specs import ClusterSpec, Estimate, ModelSpec, Plan, SpecError
@@ -374,11 +374,7 @@ def load_plan(path: str | os.PathLike[str]) -> LoadedPlan:
         raise SpecError(f"plan file {name!r} does not exist") from None
     except (OSError, UnicodeDecodeError) as error:
         raise SpecError(f"cannot read plan file {name!r}: {error}") from None
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise SpecError(f"plan file {name!r} is not valid JSON (line {error.lineno} column "
-                        f"{error.colno}: {error.msg}); {RECREATE_HINT}") from None
+    doc = parse_json(text, f"plan file {name!r}", RECREATE_HINT)
     try:
         return parse_plan(doc)
     except SpecError as error:

@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from cost_models.analytical import TIME_TERMS
-from cost_models.atomic import ensure_folder
+from cost_models.atomic import ensure_folder, output_target, replace_atomically
 from tuner.search import Ranked, best_per_layout, exhaustive_best
 
 SCALING_START_GPUS = 256
@@ -37,9 +37,7 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> None:
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    tmp.replace(path)
+    replace_atomically(path, lambda name: fig.savefig(name, dpi=120, format="png"))
 
 
 def breakdown_png(path: Path, ranked: list[Ranked], top_k: int) -> None:
@@ -79,6 +77,14 @@ def scaling_png(path: Path, space, headroom: float) -> list[tuple[int, Ranked | 
     _save(fig, path)
     plt.close(fig)
     return points
+
+
+PLOT_NAMES = ("breakdown.png", "scaling.png")
+
+
+def plot_targets(folder: str) -> list[Path]:
+    """The files `write_plots` writes, checked (output_target) before anything is written."""
+    return [output_target(Path(folder) / name) for name in PLOT_NAMES]
 
 
 def write_plots(folder: str, req, ranked: list[Ranked], args) -> None:

@@ -98,15 +98,17 @@ def table(model: ModelSpec, plan: Plan, est: Estimate) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-def plan_file_conflicts(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+def plan_file_conflicts(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                        argv: list[str]) -> None:
     """A plan file fixes the model and the plan: a flag that would change them is refused
-    rather than ignored (--cluster may name another cluster, --host-us-per-op another host
-    speed)."""
+    rather than ignored, also when given at its default value (--cluster may name another
+    cluster, --host-us-per-op another host speed)."""
+    typed = {token.split("=", 1)[0] for token in argv if token.startswith("-")}
     for action in parser._actions:
         if action.dest in ("plan", "cluster", "host_us_per_op", "json", "help") or \
                 not action.option_strings:
             continue
-        if getattr(args, action.dest) != action.default:
+        if getattr(args, action.dest) != action.default or typed & set(action.option_strings):
             raise SpecError(f"{action.option_strings[0]} cannot be combined with --plan (the "
                             "plan file fixes it); drop it, or edit the plan file")
 
@@ -114,8 +116,11 @@ def plan_file_conflicts(parser: argparse.ArgumentParser, args: argparse.Namespac
 def run(argv: list[str], prog: str = "autotune predict") -> int:
     parser = build_parser(prog)
     args = parser.parse_args(argv)
+    if args.plan is not None and not args.plan.strip():
+        raise SpecError("--plan is empty; name a plan JSON written by autotune --out, or "
+                        "give the plan as flags")
     if args.plan:  # the plan file's model and cluster, unless --cluster names another
-        plan_file_conflicts(parser, args)
+        plan_file_conflicts(parser, args, argv)
         loaded = load_plan(args.plan)
         model, plan, cluster = loaded.model, loaded.plan, loaded.cluster
         if args.cluster is not None:

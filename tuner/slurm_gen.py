@@ -24,11 +24,12 @@ import re
 import shlex
 import subprocess
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from cost_models.atomic import write_text_atomic
 from cost_models.cli_args import Parser
+from cost_models.specs import SpecError
 from tuner.slurm_env import SlurmEnvError, wait_job
 
 KINDS = ("bench", "search", "search-array", "launch")
@@ -195,16 +196,11 @@ def render(job: Job) -> str:
 
 
 def write_atomic(path: str, text: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".slurm_gen.", suffix=".tmp")
+    """The script written atomically, executable (cost_models.atomic)."""
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+        write_text_atomic(path, text, mode=0o755)
+    except SpecError as error:
+        raise GenError(str(error)) from None
 
 
 def submit(script_path: str) -> str:

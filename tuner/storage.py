@@ -18,6 +18,10 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 from cost_models.specs import SpecError
 
 JOURNAL_PREFIX = "journal:"
+# What reading a damaged journal line raises: bad JSON or bytes, nesting deeper than Python's
+# recursion limit, an integer over its digit limit (ValueError covers JSONDecodeError and
+# UnicodeDecodeError too).
+JOURNAL_DECODE_ERRORS = (ValueError, RecursionError)
 RDB_ATTEMPTS = 5
 
 
@@ -33,7 +37,7 @@ def open_storage(url: str | None) -> optuna.storages.BaseStorage | None:
             return JournalStorage(JournalFileBackend(path))
         except OSError as exc:
             raise SpecError(f"--storage {url!r}: cannot open the journal file: {exc}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # replays the log on open
+        except JOURNAL_DECODE_ERRORS as exc:  # replays the log on open
             raise _not_a_journal(url, exc) from None
     if "://" not in url:
         raise SpecError(f"--storage {url!r} is not a storage URL; use journal:PATH or an RDB "
@@ -67,7 +71,7 @@ def _check_journal(path: str, url: str) -> None:
         return
     try:
         ok = isinstance(json.loads(first), dict)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except JOURNAL_DECODE_ERRORS:
         ok = False
     if not ok:
         raise _not_a_journal(url)
@@ -85,5 +89,5 @@ def open_study(storage_url: str | None, study_name: str,
     try:
         return optuna.create_study(study_name=study_name, storage=storage, sampler=sampler,
                                    direction="maximize", load_if_exists=storage is not None)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # a corrupt line further on
+    except JOURNAL_DECODE_ERRORS as exc:  # a corrupt line further on
         raise _not_a_journal(storage_url, exc) from None

@@ -15,7 +15,7 @@ import io
 from collections import defaultdict
 from pathlib import Path
 
-from cost_models.atomic import ensure_folder, write_text_atomic
+from cost_models.atomic import distinct_files, ensure_folder, output_target, write_text_atomic
 from cost_models.cli_args import Parser
 from cost_models.specs import SpecError
 from cost_models.validate import (
@@ -38,6 +38,26 @@ def build_parser(prog: str = "autotune validate") -> argparse.ArgumentParser:
     p.add_argument("--report", help="folder for a Markdown table and a PNG plot")
     return p
 
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Every output checked before any work: not empty, a writable place, no output naming
+    another or the runs file, and the --report folder made."""
+    from tuner.validation_report import REPORT_NAMES
+
+    if not args.out.strip():
+        raise SpecError("--out is empty; name the predictions CSV to write, e.g. --out "
+                        "preds.csv")
+    if args.report is not None and not args.report.strip():
+        raise SpecError("--report is empty; name a folder for the report, or leave --report "
+                        "out")
+    reports = [Path(args.report) / name for name in REPORT_NAMES] if args.report else []
+    for path in [args.out, *reports]:
+        output_target(path)
+    distinct_files([("--out", args.out)] + [("--report", p) for p in reports],
+                   inputs=[("the runs file", args.runs)])
+    if args.report:
+        ensure_folder(args.report)
 
 
 def predict_row(row: Row) -> dict:
@@ -95,10 +115,9 @@ def to_csv(records: list[dict]) -> str:
 
 def run(argv: list[str], prog: str = "autotune validate") -> int:
     args = build_parser(prog).parse_args(argv)
-    if args.report:  # a folder that cannot be written fails before the predictions file
-        ensure_folder(args.report)
+    check_outputs(args)
     raw = read_rows(Path(args.runs))
-    by_id = {r.get("id", ""): r for r in raw}
+    by_id = {(r.get("id") or "").strip(): r for r in raw}  # as parse_rows reads ids
     records, skipped = [], []
     for item in parse_rows(raw):
         if isinstance(item, Skipped):
@@ -109,9 +128,9 @@ def run(argv: list[str], prog: str = "autotune validate") -> int:
         first = f"; {skipped[0].id}: {skipped[0].reason}" if skipped else ""
         raise SpecError(f"{args.runs}: no row could be predicted ({len(skipped)} skipped"
                         f"{first})")
-    write_text_atomic(args.out, to_csv(records))
     errors = [r["abs_err_pct"] for r in records]
     checks = order_checks(records, by_id)
+    write_text_atomic(args.out, to_csv(records))
     for s in skipped:
         print(f"skipped {s.id}: {s.reason}")
     print(f"predicted {len(records)} runs, skipped {len(skipped)}; iteration time error: "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from cost_models.atomic import ensure_folder, write_text_atomic
+from cost_models.atomic import ensure_folder, replace_atomically, write_text_atomic
 
 
 def source_table(records: list[dict], rows: dict[str, dict]) -> list[str]:
@@ -29,6 +29,9 @@ def source_table(records: list[dict], rows: dict[str, dict]) -> list[str]:
 def zero3_impl_tag(record: dict) -> str:
     """'/deepspeed' or '/fsdp' after a ZeRO-3 plan: which implementation was priced."""
     return f"/{record['plan_zero3_impl']}" if str(record["plan_zero"]) == "3" else ""
+
+
+REPORT_NAMES = ("validation.md", "validation.png")
 
 
 def write_report(folder: Path, records: list[dict], checks: list, skipped: list,
@@ -55,8 +58,9 @@ def write_report(folder: Path, records: list[dict], checks: list, skipped: list,
                      f" | {r['err_pct']:+.1f} | {knobs} |")
     for s in skipped:
         lines.append(f"| {s.id} | skipped: {s.reason} | | | |")
-    write_text_atomic(folder / "validation.md", "\n".join(lines) + "\n")
-    _scatter(folder / "validation.png", records)
+    table, plot = (folder / name for name in REPORT_NAMES)
+    write_text_atomic(table, "\n".join(lines) + "\n")
+    _scatter(plot, records)
 
 
 def _scatter(path: Path, records: list[dict]) -> None:
@@ -82,7 +86,7 @@ def _scatter(path: Path, records: list[dict]) -> None:
            title="Cost model vs published runs (dotted: +-15%)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        replace_atomically(path, lambda name: fig.savefig(name, dpi=120, format="png"))
+    finally:
+        plt.close(fig)

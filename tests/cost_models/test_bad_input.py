@@ -98,7 +98,7 @@ def test_cells_written_as_other_tables_write_them_are_read(tmp_path):
     assert preds["upper"] == preds["words"] == preds["as-published"]
     assert ("skipped bad-precision: no plan is consistent with the printed knobs "
             "(plan.precision='tf32' is not one of: fp16, bf16, fp8)") in proc.stdout
-    assert "skipped bad-switch: column sequence_parallel='?' is not a number" in proc.stdout
+    assert "skipped bad-switch: column sequence_parallel='?' must be 1 or 0" in proc.stdout
 
 
 def _runs_with(tmp_path, *edits):
@@ -132,6 +132,9 @@ def _runs_with(tmp_path, *edits):
      "precision=bf16 but V100-SXM3-32GB has no bf16 tensor cores"),
     ({"gpu": "H100X"}, "unknown gpu 'H100X'"),
     ({"global_batch_size": "1e30"}, "is over 10,000,000"),
+    ({"sequence_parallel": "2"}, "column sequence_parallel='2' must be 1 or 0"),
+    ({"ep": "4"}, "ep=4 needs an MoE model (num_experts > 1)"),
+    ({"tp": "5", "dp": "32", "num_gpus": "160"}, "is not divisible by tp=5"),
 ])
 def test_bad_cells_skip_the_row_with_the_reason(tmp_path, cells, reason):
     runs = _runs_with(tmp_path, cells, {})
@@ -160,3 +163,28 @@ def test_an_unwritable_report_folder_leaves_no_predictions_file(tmp_path):
                     str(tmp_path / "taken" / "report"))
     assert_one_line_error(proc, "a file is in the way of this folder")
     assert not out.exists()
+
+
+def test_outputs_never_replace_the_runs_file_or_each_other(tmp_path):
+    runs = _runs_with(tmp_path, {})
+    before = runs.read_text()
+    (tmp_path / "blocked" / "validation.png").mkdir(parents=True)
+    cases = [(["--out", str(runs)], "is also the runs file"),
+             (["--out", str(tmp_path / "rep" / "validation.md"), "--report",
+               str(tmp_path / "rep")], "is also --out"),
+             (["--out", str(tmp_path / "o.csv"), "--report", str(tmp_path / "blocked")],
+              "validation.png' is a folder"),
+             (["--out", ""], "--out is empty"),
+             (["--out", str(tmp_path / "o.csv"), "--report", ""], "--report is empty")]
+    for flags, needle in cases:
+        assert_one_line_error(autotune("validate", str(runs), *flags), needle)
+    assert runs.read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocked", "runs.csv"]
+
+
+def test_ids_with_spaces_around_them_are_the_same_ids(tmp_path):
+    runs = _runs_with(tmp_path, {"id": " r0 "}, {"id": "r1", "dp": "16", "num_gpus": "16",
+                                                 "ref_iter_time_s": "2.0"})
+    proc = autotune("validate", str(runs), "--out", str(tmp_path / "o.csv"))
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "predicted 2 runs" in proc.stdout

@@ -228,6 +228,26 @@ def test_a_refused_real_launch_writes_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plan.json"]
 
 
+def test_a_launch_without_torchrun_on_path_writes_no_config(tmp_path):
+    path = write(tmp_path, document(LLAMA, LLAMA_8))
+    env = subprocess_env()
+    env["PATH"] = str(tmp_path / "empty-bin")  # no torchrun anywhere
+    result = subprocess.run([sys.executable, "-m", "tuner", "launch", str(path), "--framework",
+                             "deepspeed", *ALLOCATION], env=env, capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "cannot start 'torchrun': not on PATH" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plan.json"]
+
+
+@pytest.mark.parametrize("host", ["h0\nh1", "a b", "h0\t"])
+def test_a_master_address_with_white_space_is_refused(tmp_path, capsys, monkeypatch, host):
+    path = write(tmp_path, document(LLAMA, LLAMA_8))
+    code, out, err = autotune_launch(capsys, monkeypatch, path, "megatron", "--master-addr",
+                                     host)
+    assert_one_line_error(code, out, err, tmp_path, "holds white space; pass one host")
+
+
 # ------------------------------------------------------------ item 5: the command users type
 
 def test_help_names_the_main_command_not_the_hidden_search(capsys):

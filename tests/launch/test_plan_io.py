@@ -218,9 +218,11 @@ def test_malformed_plan_is_one_spec_error_line(tmp_path, dotted, value, expected
 
 
 @pytest.mark.parametrize(("text", "expected"), [
-    ('{"schema_version": 1, "plan": ', "is not valid JSON (line 1 column 31"),
+    ('{"schema_version": 1, "plan": ', "not valid JSON (Expecting value at line 1 column 31"),
     ("{", "; re-create the file with `autotune --model MODEL --gpus N --out PLAN.json`"),
-    ("", "is not valid JSON"),
+    ("", "not valid JSON"),
+    ("[" * 100_000, "nested too deeply or a number too large to read"),
+    ('{"plan": {"tp": 1' + "0" * 5000 + "}}", "nested too deeply or a number too large"),
     ("[1, 2]", "the top level must be a JSON object"),
     (b"\xff\xfe\x00", "cannot read plan file"),
 ])

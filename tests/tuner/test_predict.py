@@ -81,9 +81,11 @@ def test_flags_the_plan_file_fixes_are_refused_not_ignored(tmp_path):
     autotune("--model", "llama3-8b", "--gpus", "8", "--out", str(plan), "--quiet",
              "--no-alternatives")
     for flags in (["--tp", "4"], ["--model", "llama3-70b"], ["--seq-len", "4096"],
-                  ["--precision", "fp16"], ["--recompute", "full"]):
+                  ["--precision", "fp16"], ["--recompute", "full"],
+                  ["--model", "500b"], ["--precision=bf16"]):  # also at their defaults
         assert "cannot be combined with --plan" in _refused("--plan", str(plan), *flags)
     autotune("predict", "--plan", str(plan), "--cluster", "dgx-a100-80gb")  # allowed
+    assert "--plan is empty" in _refused("--plan", "")
 
 
 def test_zero_degrees_are_refused_not_taken_as_one():

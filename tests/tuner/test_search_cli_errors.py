@@ -55,6 +55,12 @@ BAD_REQUESTS = {
                                        "{a_file}/plots"], "a file is in the way"),
     "load factor on a dense model": (["--model", "llama3-8b", "--gpus", "8",
                                       "--moe-load-factor", "1.5"], "is a dense model"),
+    "empty plot folder": (["--model", "llama3-8b", "--gpus", "8", "--plot", ""],
+                          "--plot is empty"),
+    "empty batch": (["--model", "llama3-8b", "--gpus", "8", "--global-batch", ""],
+                    "--global-batch '' is not a number"),
+    "plot file blocked by a folder": (["--model", "llama3-8b", "--gpus", "8", "--plot",
+                                       "{blocked_plot}"], "breakdown.png' is a folder"),
 }
 
 
@@ -67,7 +73,9 @@ def test_bad_request_is_one_line_exit_2_and_no_plan_file(tmp_path, case):
             "{partial_json}": str(tmp_path / "partial.json"),
             "{journal}": f"journal:{tmp_path / 's.log'}",
             "{garbage_journal}": f"journal:{tmp_path / 'garbage.log'}",
-            "{a_file}/plots": str(tmp_path / "a-file" / "plots")}
+            "{a_file}/plots": str(tmp_path / "a-file" / "plots"),
+            "{blocked_plot}": str(tmp_path / "blocked")}
+    (tmp_path / "blocked" / "breakdown.png").mkdir(parents=True)
     (tmp_path / "a-file").write_text("")
     (tmp_path / "garbage.log").write_text("this is not a journal\n{\n")
     out_dir = tmp_path / "out"
@@ -106,3 +114,33 @@ def test_no_plan_names_the_layout_closest_to_fitting():
                "no global batch in range is divisible by dp x micro-batch"]
     assert closest_reason(reasons) == [reasons[1]]
     assert closest_reason(reasons[2:]) == reasons[2:]
+
+
+def test_outputs_never_replace_inputs_each_other_or_special_files(tmp_path):
+    """Checked before the search: an output naming the model file, another output, or a
+    FIFO (a device or pipe would be replaced by the atomic rename) is one line, and every
+    file is left as it was."""
+    import os
+
+    model = tmp_path / "model.json"
+    model.write_text(json.dumps({"name": "tiny", "num_layers": 4, "hidden_size": 256,
+                                 "ffn_hidden_size": 1024, "num_heads": 8, "num_kv_heads": 8,
+                                 "seq_len": 512,
+                                 "vocab_size": 1024}))
+    before = model.read_text()
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    cases = [(["--model", str(model), "--gpus", "8", "--out", str(model)],
+              f"--out {model} is also --model {model}"),
+             (["--model", "llama3-8b", "--gpus", "8", "--out", str(tmp_path / "p" /
+                                                                   "scaling.png"),
+               "--plot", str(tmp_path / "p")], "is also --out"),
+             (["--model", "llama3-8b", "--gpus", "8", "--out", str(fifo)],
+              "is not a regular file (a device, pipe or socket)"),
+             (["--model", "llama3-8b", "--gpus", "8", "--out", ""], "--out is empty")]
+    for args, words in cases:
+        result = autotune(*args)
+        assert result.returncode == 2 and words in result.stderr, result.stderr
+        assert len(result.stderr.splitlines()) == 1 and result.stdout == ""
+    assert model.read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.json", "pipe"]

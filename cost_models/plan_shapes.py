@@ -4,8 +4,9 @@ Tensor parallelism splits attention heads and KV heads (query groups) evenly (Me
 and DeepSpeed AutoTP alike, and the cost model prices even shards); pipeline stages need a
 split of the layers (cost_models.pipeline.stage_split, the split the prediction priced);
 expert parallelism needs whole experts per rank and an expert group inside the ranks of one
-stage (expert tensor parallel 1). Framework-specific checks live in tuner.megatron and
-tuner.deepspeed_config. Standard library only.
+stage (expert tensor parallel 1). Used by the launchers (framework-specific checks live in
+tuner.megatron and tuner.deepspeed_config) and by validation (a published row whose plan
+does not divide its model is skipped with the reason). Standard library only.
 """
 
 from __future__ import annotations
