@@ -122,6 +122,7 @@ OPTIONAL_FIELDS = ("calls_per_iter", "rank_reduce")  # absent from older files: 
 INT_MINIMUM = {"size_bytes": 1, "count": 1, "group_size": 1, "num_groups": 1,
                "ranks_per_node": 1, "nodes": 1, "groups_per_node": 1, "warmup_iters": 0,
                "iters": 1, "calls_per_iter": 1, "wrong": 0}
+INT_LIMIT = 2 ** 63  # integers stay below (a 64-bit signed integer, as pandas reads them)
 TIME_FIELDS = ("time_us_mean", "time_us_min", "time_us_max", "time_us_p50", "time_us_p99")
 NAME_CHOICES = {"collective": tuple(c.value for c in Collective), "dtype": tuple(DTYPE_BYTES),
                 "layout": LAYOUTS, "rank_reduce": (RANK_REDUCE,)}
@@ -135,8 +136,9 @@ def field_problem(name: str, value: object) -> str | None:
     is_number = isinstance(value, int | float) and not isinstance(value, bool)
     if name in INT_MINIMUM:
         least = INT_MINIMUM[name]
-        ok = is_number and isinstance(value, int) and value >= least
-        return None if ok else f"must be an integer >= {least}"
+        if not (is_number and isinstance(value, int) and value >= least):
+            return f"must be an integer >= {least}"
+        return None if value < INT_LIMIT else "is out of range (must be below 2**63)"
     if not (is_number and math.isfinite(value)):
         return "must be a finite number"
     if name in TIME_FIELDS:
@@ -160,7 +162,10 @@ def measurement_from_record(obj: dict) -> Measurement:
         if problem:
             raise ValueError(f"field {name!r} {problem}, got {_short(obj[name])}")
     measurement = Measurement(**{k: obj[k] for k in MEASUREMENT_FIELDS if k in obj})
-    problem = consistency_problem(measurement)
+    try:
+        problem = consistency_problem(measurement)
+    except OverflowError:
+        problem = "a value is too large to compute its bandwidths with"
     if problem:
         raise ValueError(problem)
     return measurement
@@ -177,6 +182,9 @@ def consistency_problem(m: Measurement) -> str | None:
     is `count` elements of `dtype`, the time statistics are in order, and algbw and busbw
     follow from size_bytes and time_us_mean (nccl-tests definitions, algbw_gbps and
     busbw_gbps above). A record failing this was edited or produced by something else."""
+    problem = placement_problem(m)
+    if problem:
+        return problem
     element_bytes = DTYPE_BYTES[m.dtype]
     if m.size_bytes != m.count * element_bytes:
         return (f"size_bytes {m.size_bytes} is not count {m.count} x {element_bytes} bytes "
@@ -195,6 +203,25 @@ def consistency_problem(m: Measurement) -> str | None:
         if not math.isclose(got, want, rel_tol=BANDWIDTH_RTOL, abs_tol=1e-12):
             return (f"{name} {got:.4g} does not follow from size_bytes / time_us_mean "
                     f"({want:.4g}, nccl-tests definitions)")
+    return None
+
+
+def placement_problem(m: Measurement) -> str | None:
+    """What in a record's group placement cannot be (None: nothing): a group of n ranks on
+    `nodes` nodes, at most `ranks_per_node` on one, has ranks_per_node <= n <= nodes x
+    ranks_per_node, and every other node it spans holds at least one of its ranks; no more
+    groups share a node than run."""
+    if m.ranks_per_node > m.group_size:
+        return f"ranks_per_node {m.ranks_per_node} is more than group_size {m.group_size}"
+    if m.nodes * m.ranks_per_node < m.group_size:
+        return (f"nodes {m.nodes} x ranks_per_node {m.ranks_per_node} cannot hold a group of "
+                f"{m.group_size} ranks")
+    if m.ranks_per_node + m.nodes - 1 > m.group_size:
+        return (f"a group of {m.group_size} ranks with {m.ranks_per_node} on one node cannot "
+                f"span {m.nodes} nodes")
+    if m.groups_per_node > m.num_groups:
+        return (f"groups_per_node {m.groups_per_node} is more than the {m.num_groups} "
+                "running group(s)")
     return None
 
 
@@ -283,20 +310,14 @@ def read_results(path: str | os.PathLike) -> Results:
         raise ResultsError(f"{path}: cannot read: {exc}") from None
     header = _parse_header(path, lines[0] if lines else "")
     measurements, problems = [], []
-    parsed = [_parse_line(path, number, line)
+    parsed = [_parse_line(path, number, line, header)
               for number, line in enumerate(lines[1:-1], start=2) if line.strip()]
     if len(lines) > 1 and lines[-1].strip():
-        parsed.append(_parse_last_line(path, len(lines), lines[-1]))
-    world = header.get("world_size") if isinstance(header.get("world_size"), int) else None
+        parsed.append(_parse_last_line(path, len(lines), lines[-1], header))
     for item, problem in parsed:
         if problem:
             problems.append(problem)
         if item is not None:
-            if world is not None and item.group_size * item.num_groups > world:
-                raise BadRecordError(f"{path}: a {item.collective.value} record of "
-                                     f"{item.num_groups} group(s) of {item.group_size} ranks "
-                                     f"does not fit the header's world of {world}; "
-                                     f"{FIX_LINE}")
             measurements.append(item)
     return Results(path=path, header=header, measurements=tuple(measurements),
                    problems=tuple(problems))
@@ -305,7 +326,7 @@ def read_results(path: str | os.PathLike) -> Results:
 def _parse_header(path: str, line: str) -> dict:
     try:
         header = json.loads(line)
-    except json.JSONDecodeError:
+    except (RecursionError, ValueError):  # JSONDecodeError, nesting or digits beyond limits
         raise ResultsError(f"{path}:1: not a bench results file (line 1 is not a JSON "
                            "header); produce it with `partune-bench`") from None
     if not isinstance(header, dict) or header.get("kind") != "header":
@@ -348,24 +369,30 @@ JSON_NAMES = {list: "a JSON array", type(None): "JSON null", str: "a JSON string
               bool: "a JSON boolean", int: "a JSON number", float: "a JSON number"}
 
 
-def _parse_last_line(path: str, number: int, line: str):
+def _parse_last_line(path: str, number: int, line: str, header: dict):
     """The file's last line when no newline ends it: cut off by a run killed mid-write
     (skipped and named) or complete (parsed, and named)."""
     try:
         json.loads(line)
     except json.JSONDecodeError:
         return None, f"{path}:{number}: last line truncated (run interrupted?); skipped it"
-    item, problem = _parse_line(path, number, line)
+    except (RecursionError, ValueError):
+        pass  # no record either: _parse_line says what is wrong
+    item, problem = _parse_line(path, number, line, header)
     return item, problem or f"{path}:{number}: last line has no newline (run interrupted?)"
 
 
-def _parse_line(path: str, number: int, line: str):
-    """(measurement or None, problem or None) of line `number`; BadRecordError if corrupt."""
+def _parse_line(path: str, number: int, line: str, header: dict):
+    """(measurement or None, problem or None) of line `number`; BadRecordError if corrupt
+    or if it contradicts the run's `header`."""
     where = f"{path}:{number}"
     try:
         obj = json.loads(line)
     except json.JSONDecodeError:
         raise BadRecordError(f"{where}: not valid JSON; {FIX_LINE}") from None
+    except (RecursionError, ValueError):  # Python's own limits on nesting and digits
+        raise BadRecordError(f"{where}: nested too deeply or a number too long to read; "
+                             f"{FIX_LINE}") from None
     if not isinstance(obj, dict):
         what = JSON_NAMES.get(type(obj), "a JSON value")
         raise BadRecordError(f"{where}: {what}, not a record (a JSON object); {FIX_LINE}")
@@ -380,6 +407,27 @@ def _parse_line(path: str, number: int, line: str):
     if kind != "measurement":
         raise BadRecordError(f"{where}: unknown record kind {kind!r}; {FIX_LINE}")
     try:
-        return measurement_from_record(obj), None
+        measurement = measurement_from_record(obj)
     except ValueError as exc:
         raise BadRecordError(f"{where}: {exc}; {FIX_LINE}") from None
+    problem = header_contradiction(measurement, header)
+    if problem:
+        raise BadRecordError(f"{where}: {problem}; repair the header or that line, or "
+                             "measure again")
+    return measurement, None
+
+
+def header_contradiction(m: Measurement, header: dict) -> str | None:
+    """What in a record contradicts the world its header describes (None: nothing, or the
+    header of an older version does not say): its groups must fit the world, its group
+    span no more nodes, and put no more ranks on one node, than the run had."""
+    world, nodes, per_node = (header.get(k) for k in ("world_size", "nodes", "ranks_per_node"))
+    if world is not None and m.group_size * m.num_groups > world:
+        return (f"{m.num_groups} running group(s) of {m.group_size} ranks do not fit the "
+                f"header's world of {world}")
+    if nodes is not None and m.nodes > nodes:
+        return f"the record's group spans {m.nodes} nodes, more than the header's {nodes}"
+    if per_node is not None and m.ranks_per_node > per_node:
+        return (f"the record puts {m.ranks_per_node} ranks on one node, more than the "
+                f"header's ranks_per_node {per_node}")
+    return None

@@ -27,14 +27,24 @@ import numpy as np
 import pandas as pd
 
 from bench.records import BadRecordError, Collective, ResultsError, read_results
+from cost_models.atomic import commit, distinct_files, output_target
 from cost_models.cli_args import Parser
 from cost_models.comm import LIBRARIES, collective_time_s
-from cost_models.specs import ClusterSpec, CollectiveLink, LinkTier, SpecError
+from cost_models.specs import (
+    LINK_BANDWIDTH_RANGE_BYTES_PER_S,
+    MAX_LINK_LATENCY_S,
+    ClusterSpec,
+    CollectiveLink,
+    LinkTier,
+    SpecError,
+)
 
 PROG = "partune-fit"  # the console script (pyproject.toml); also python -m cost_models.fit
 EXIT_USAGE = 2
 OVERRIDE_TOLERANCE = 0.10  # relative difference in latency or bandwidth worth an override
 MIN_POINTS = 3  # a (collective, tier) needs this many sizes to be fitted on its own
+MIN_TIER_SIZES = 2  # a tier's latency and bandwidth need at least this many distinct sizes
+TIER_NAMES = ("intra_node", "inter_node")
 STATISTICS = ("p50", "mean", "min")
 LARGE_BYTES = 1 << 20  # errors are also reported from here up (bandwidth-bound sizes)
 
@@ -71,6 +81,10 @@ def load_frame(paths: list[str]) -> tuple[pd.DataFrame, list[dict], list[str]]:
                             "(older file or another MPI): fitted as if ring all-reduce, "
                             "pairwise reduce-scatter etc. ran (bench.dist.MPICH_ALGORITHMS)")
         bad = rows["wrong"] != 0
+        if bad.all():
+            problems.append(f"skipped {path}: every measurement failed its correctness check "
+                            "(wrong != 0); find the cause and re-run the benchmark")
+            continue
         if bad.any():
             problems.append(f"{path}: dropped {int(bad.sum())} measurements with wrong results")
         frames.append(rows[~bad])
@@ -135,20 +149,45 @@ def _once(paths: list[str]) -> list[str]:
     return out
 
 
-# Physical bounds of a fitted tier, log(latency_s) and log(bandwidth_bytes_per_s): 10 ns-10 s,
-# 1 kB/s-100 TB/s. A fit that ends on a bound was not identifiable from the sizes measured
-# (e.g. only small messages: no bandwidth information) and is reported as such.
-LOG_BOUNDS = (np.log([1e-8, 1e3]), np.log([10.0, 1e14]))
+# Physical bounds of a fitted tier, (latency_s, bandwidth_bytes_per_s): 10 ns-10 s and
+# 1 kB/s-100 TB/s, what a profile may hold (specs). A tier fit that ends on a bound was not
+# identifiable from the sizes measured (e.g. only small messages: no bandwidth information)
+# and is refused (bound_problem), but for a latency on its lower bound.
+BOUNDS = (np.array([1e-8, LINK_BANDWIDTH_RANGE_BYTES_PER_S[0]]),
+          np.array([MAX_LINK_LATENCY_S, LINK_BANDWIDTH_RANGE_BYTES_PER_S[1]]))
+LOG_BOUNDS = (np.log(BOUNDS[0]), np.log(BOUNDS[1]))
 
 
 def clip_params(params: np.ndarray) -> np.ndarray:
     return np.clip(params, *LOG_BOUNDS)
 
 
+def link_values(params: np.ndarray) -> np.ndarray:
+    """(latency_s, bandwidth_bytes_per_s) = exp(params), within BOUNDS (the exp of a log
+    bound can round just past the bound)."""
+    return np.clip(np.exp(clip_params(params)), *BOUNDS)
+
+
+def bound_problem(name: str, params: np.ndarray, rows: pd.DataFrame) -> str | None:
+    """What a fit of tier `name` to `rows` that ends on a bound did not determine (None: it
+    ends inside them). A latency on its lower bound is kept: large sizes alone, whose time
+    the bandwidth sets, say only that the latency is small."""
+    low = np.isclose(params, LOG_BOUNDS[0], rtol=0, atol=1e-9) & [False, True]
+    on_bound = low | np.isclose(params, LOG_BOUNDS[1], rtol=0, atol=1e-9)
+    for which, unit, value, on in zip(("latency", "bandwidth"), ("s", "B/s"),
+                                      link_values(params), on_bound):
+        if on:
+            return (f"the {name} measurements ({rows['size_bytes'].min()}-"
+                    f"{rows['size_bytes'].max()} B) do not determine its {which} (the fit ends "
+                    f"at its bound, {value:g} {unit}); fit a wider range of sizes "
+                    "(partune-bench -b 8 -e 64M, or hold out less)")
+    return None
+
+
 def fit_cluster(cluster: ClusterSpec, tier_index: int, params: np.ndarray) -> ClusterSpec:
     """`cluster` with tier `tier_index` given (latency_s, bandwidth) = exp(params)."""
     tiers = list(cluster.tiers)
-    lat, bw = np.exp(clip_params(params))
+    lat, bw = link_values(params)
     tiers[tier_index] = replace(tiers[tier_index], latency_s=float(lat),
                                 bandwidth_bytes_per_s=float(bw))
     return replace(cluster, tiers=tuple(tiers))
@@ -214,12 +253,29 @@ def _tier_rows(frame: pd.DataFrame, tier_index: int) -> pd.Series:
     return (frame["nodes"] > 1) if tier_index else (frame["nodes"] == 1)
 
 
+def _sizes(rows: pd.DataFrame) -> int:
+    """How many distinct message sizes `rows` measured."""
+    return int(rows["size_bytes"].nunique())
+
+
+def check_enough_sizes(train: pd.DataFrame, held_out: bool) -> None:
+    """FitError when a tier to be fitted has fewer than MIN_TIER_SIZES sizes: one size
+    cannot tell latency from bandwidth."""
+    for t, name in enumerate(TIER_NAMES):
+        rows = train[_tier_rows(train, t)]
+        if not rows.empty and _sizes(rows) < MIN_TIER_SIZES:
+            fix = "hold out less" if held_out else "measure a range: partune-bench -b 8 -e 64M"
+            raise FitError(f"the {name} measurements to fit are of {_sizes(rows)} message "
+                           f"size; latency and bandwidth need {MIN_TIER_SIZES} or more "
+                           f"distinct sizes; {fix}")
+
+
 def skeleton(base: ClusterSpec, gpus_per_node: int, name: str) -> ClusterSpec:
     """Two tiers to be fitted (inside a node, across nodes); the GPU and the host's seconds
     per operator from `base`."""
-    tiers = (LinkTier(name="intra_node", domain_gpus=gpus_per_node, latency_s=1e-5,
+    tiers = (LinkTier(name=TIER_NAMES[0], domain_gpus=gpus_per_node, latency_s=1e-5,
                       bandwidth_bytes_per_s=1e9),
-             LinkTier(name="inter_node", domain_gpus=0, latency_s=1e-5,
+             LinkTier(name=TIER_NAMES[1], domain_gpus=0, latency_s=1e-5,
                       bandwidth_bytes_per_s=1e9))
     nics = base.nics_per_node if gpus_per_node == base.gpus_per_node else 1
     return ClusterSpec(name=name, gpu=base.gpu, gpus_per_node=gpus_per_node,
@@ -236,8 +292,12 @@ def fit_tiers(frame: pd.DataFrame, cluster: ClusterSpec, statistic: str = "p50")
         if not mask.any():
             continue
         ref = mask & (frame["collective"] == Collective.ALL_REDUCE.value).to_numpy()
-        use = ref if ref.sum() >= MIN_POINTS else mask
-        cluster = fit_cluster(cluster, t, _fit_tier(cluster, t, frame[use], measured[use]))
+        use = ref if _sizes(frame[ref]) >= MIN_POINTS else mask
+        params = _fit_tier(cluster, t, frame[use], measured[use])
+        problem = bound_problem(TIER_NAMES[t], params, frame[use])
+        if problem:
+            raise FitError(problem)
+        cluster = fit_cluster(cluster, t, params)
         cluster = _with_overrides(cluster, t, frame[mask], measured[mask])
     return cluster
 
@@ -246,9 +306,10 @@ def _with_overrides(cluster: ClusterSpec, t: int, rows: pd.DataFrame,
                     measured_s: np.ndarray) -> ClusterSpec:
     tier, links = cluster.tiers[t], []
     for name, part in rows.groupby("collective"):
-        if name == Collective.ALL_REDUCE.value or part["size_bytes"].nunique() < MIN_POINTS:
+        if name == Collective.ALL_REDUCE.value or _sizes(part) < MIN_POINTS:
             continue
-        own = np.exp(_fit_tier(cluster, t, part, measured_s[rows.index.get_indexer(part.index)]))
+        own = link_values(_fit_tier(cluster, t, part,
+                                    measured_s[rows.index.get_indexer(part.index)]))
         base = np.array([tier.latency_s, tier.bandwidth_bytes_per_s])
         if np.any(np.abs(own / base - 1) > OVERRIDE_TOLERANCE):
             links.append(CollectiveLink(collective=str(name), latency_s=float(own[0]),
@@ -341,6 +402,7 @@ def build_profile(paths: list[str], base: ClusterSpec, *, name: str, statistic: 
         raise FitError(f"the files were measured with different ranks per node {gpn}; fit "
                        "one node shape at a time")
     train, test = split_holdout(frame, every_other_size, holdout)
+    check_enough_sizes(train, held_out=not test.empty)
     cluster = fit_tiers(train.reset_index(drop=True), skeleton(base, int(gpn[0]), name),
                         statistic)
     node_bw = cluster.tiers[1].bandwidth_bytes_per_s * cluster.gpus_per_node
@@ -386,52 +448,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-HOST_LAYER_COLUMNS = ("experts_impl", "tokens", "layers", "wall_s", "gpu_busy_s", "ops")
-
-
-def with_measured_host(cluster: ClusterSpec, paths: list[str]) -> tuple[ClusterSpec, dict]:
-    """The cluster with host_s_per_op fitted to bench.megatron_layer CSVs of one machine, at
-    the cost model's own overlap norm (cost_models/host_fit.py)."""
-    from cost_models.compute import HOST_OVERLAP_NORM
-    from cost_models.host_fit import fit_runs, layer_slopes
-
-    frames = [_host_layer_frame(path) for path in paths]
-    fits = fit_runs({"this machine": pd.concat([layer_slopes(f) for f in frames])},
-                    HOST_OVERLAP_NORM)
-    if fits.empty:
-        raise FitError(f"{', '.join(paths)}: each layer kind needs two or more token counts "
-                       "(python -m bench.megatron_layer --tokens 512,2048,8192)")
-    per_op_s = float(fits.per_op_s.median())
-    summary = {"files": list(paths), "host_s_per_op": per_op_s,
-               "layers": {r.layer: {"host_s": r.host_s, "ops": r.ops,
-                                    "mean_abs_rel_error": r.mean_err}
-                          for r in fits.itertuples()}}
-    return replace(cluster, host_s_per_op=per_op_s), summary
-
-
-def _host_layer_frame(path: str) -> pd.DataFrame:
-    """One bench.megatron_layer CSV, checked: its columns, GPU times, two layer counts."""
-    try:
-        frame = pd.read_csv(path)
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        reason = " ".join(str(exc).split())  # pandas' messages span lines
-        raise FitError(f"{path}: cannot read it as a CSV ({reason}); pass python -m "
-                       "bench.megatron_layer's output") from None
-    missing = [c for c in HOST_LAYER_COLUMNS if c not in frame.columns]
-    if missing:
-        raise FitError(f"{path}: not a bench.megatron_layer CSV (no column "
-                       f"{', '.join(missing)}); pass that command's output")
-    numbers = frame[["tokens", "layers", "wall_s", "gpu_busy_s", "ops"]].apply(
-        pd.to_numeric, errors="coerce")
-    if numbers.isna().any().any() or not (numbers > 0).all().all():
-        raise FitError(f"{path}: times, token and layer counts must be positive numbers (a "
-                       "CPU --smoke run has no GPU busy time); measure on the GPU nodes")
-    if (frame.groupby(["experts_impl", "tokens"]).layers.nunique() < 2).any():
-        raise FitError(f"{path}: each token count needs two or more layer counts "
-                       "(python -m bench.megatron_layer --layers 1,5)")
-    return frame.assign(**numbers)
-
-
 def with_measured_gemm(cluster: ClusterSpec, path: str) -> tuple[ClusterSpec, dict]:
     """The cluster whose GPU carries the GEMM curve fitted to `path` (bf16 products)."""
     from cost_models.gemm_curve import fit_gemm_curve, with_curve
@@ -465,16 +481,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def check_outputs(args: argparse.Namespace) -> None:
-    """Refuse, before fitting, a name or output paths that cannot be right."""
+    """Refuse, before fitting, a name or output paths that cannot be right: an output that
+    names an input or the other output would replace it."""
     if args.name is not None and not args.name.strip():
         raise FitError("--name is empty; give the cluster a name, or leave --name out to "
                        "name it after the output file")
     _check_file_target("-o", args.output, "cluster.json")
+    inputs = [("the results file", path) for path in _expand(args.results)]
+    inputs += [("--host-layers", path) for path in args.host_layers or ()]
+    distinct_files([("-o", args.output), ("--plot", args.plot)],
+                   inputs + [("--gemm", args.gemm)])
     if args.plot is None:
         return
     _check_file_target("--plot", args.plot, "fit.png")
-    if Path(args.plot).resolve() == Path(args.output).resolve():
-        raise FitError(f"-o and --plot both name {args.output}; give the plot another file")
     from cost_models.fit_plot import image_formats
 
     if Path(args.plot).suffix.lstrip(".").lower() not in image_formats():
@@ -492,6 +511,7 @@ def _check_file_target(flag: str, path: str, example: str) -> None:
     folder = next(p for p in Path(path).absolute().parents if p.exists())
     if not folder.is_dir():
         raise FitError(f"{flag} {path}: {folder} is a file, not a folder; choose another path")
+    output_target(path)  # a device or pipe would be replaced (cost_models.atomic)
 
 
 def fit_from_args(args: argparse.Namespace):
@@ -506,6 +526,8 @@ def fit_from_args(args: argparse.Namespace):
     if args.gemm:
         cluster, fit["gemm_curve"] = with_measured_gemm(cluster, args.gemm)
     if args.host_layers:
+        from cost_models.host_layers import with_measured_host
+
         cluster, fit["host"] = with_measured_host(cluster, args.host_layers)
     return cluster, fit, provenance, checked
 
@@ -513,28 +535,19 @@ def fit_from_args(args: argparse.Namespace):
 def write_outputs(args: argparse.Namespace, cluster: ClusterSpec, fit: dict,
                   provenance: dict, checked: pd.DataFrame) -> None:
     """The plot is drawn into a temporary file first, then the profile is written, then the
-    plot renamed into place: a failure at any step leaves neither output behind."""
+    plot committed into place: a failure at any step leaves neither output behind."""
+    from cost_models.fit_plot import render_plot
     from cost_models.loaders import save_cluster
 
-    drawn = _draw_plot(checked, args.plot, cluster.name) if args.plot else None
+    drawn = render_plot(checked, args.plot, title=cluster.name) if args.plot else None
     try:
         save_cluster(cluster, args.output, provenance=provenance, fit=fit)
-        if drawn is not None:
-            os.replace(drawn, args.plot)
     except BaseException:
         if drawn is not None:
             drawn.unlink(missing_ok=True)
         raise
-
-
-def _draw_plot(checked: pd.DataFrame, path: str, title: str) -> Path:
-    from cost_models.fit_plot import render_plot
-
-    try:
-        return render_plot(checked, path, title=title)
-    except OSError as exc:
-        raise FitError(f"cannot write the plot {path}: {exc.strerror or exc}; choose another "
-                       "--plot") from None
+    if drawn is not None:
+        commit(drawn, args.plot)
 
 
 def _print_summary(cluster: ClusterSpec, fit: dict, output: str) -> None:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
+
+from cost_models.atomic import staged_file
 
 
 def _pyplot():
@@ -59,20 +59,8 @@ def plot_fit(checked: pd.DataFrame, path: str, title: str = "", fmt: str | None 
 
 
 def render_plot(checked: pd.DataFrame, path: str, title: str = "") -> Path:
-    """Draw the plot into a new temporary file beside `path` and return it: the caller
-    renames it to `path` once its other outputs are written, or deletes it, so a failed run
-    leaves no plot without its profile. OSError when `path`'s folder cannot be written."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
-                                    dir=target.parent)
-    os.close(handle)
-    try:
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(temp, 0o666 & ~mask)  # mkstemp makes 0600; give the usual mode
-        plot_fit(checked, temp, title, fmt=target.suffix.lstrip(".").lower())
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    return Path(temp)
+    """Draw the plot into a new temporary file beside `path` and return it (atomic.staged_file):
+    the caller commits it to `path` once its other outputs are written, or deletes it, so a
+    failed run leaves no plot without its profile. SpecError when `path` cannot be written."""
+    fmt = Path(path).suffix.lstrip(".").lower()
+    return staged_file(path, lambda temp: plot_fit(checked, temp, title, fmt=fmt))

@@ -45,6 +45,12 @@ def fit_host_s(slopes: pd.DataFrame, norm: float) -> tuple[float, np.ndarray]:
     return float(HOST_GRID_S[best]), pred[best] / wall - 1
 
 
+def on_grid_edge(host_s) -> np.ndarray:
+    """Whether fitted host seconds are the first or last of HOST_GRID_S: the timings did not
+    determine them (the best value may lie beyond the grid)."""
+    return np.isin(host_s, HOST_GRID_S[[0, -1]])
+
+
 def read_runs(folder: Path) -> dict[str, pd.DataFrame]:
     """Each run's layer slopes, all layer kinds of that run (machine) together."""
     runs: dict[str, list[pd.DataFrame]] = {}

@@ -104,10 +104,20 @@ CORRUPT_LINES = [
     (_record(time_us_mean=11.0), "algbw_gbps 0.4096 does not follow from size_bytes / "
                                  "time_us_mean (0.3724"),
     (_record(busbw_gbps=0.4096), "busbw_gbps 0.4096 does not follow"),
+    (_record(size_bytes=10 ** 400, count=10 ** 400 // 4),
+     "field 'size_bytes' is out of range (must be below 2**63)"),
+    (_record(iters=2 ** 63), "field 'iters' is out of range"),
+    ("[" * 100_000, "nested too deeply or a number too long to read"),
+    ('{"kind": "measurement", "iters": ' + "9" * 5000 + "}", "a number too long to read"),
+    # the sample's group: 4 ranks, 2 nodes, at most 2 on one, 1 group running
+    (_record(ranks_per_node=8), "ranks_per_node 8 is more than group_size 4"),
+    (_record(nodes=1), "nodes 1 x ranks_per_node 2 cannot hold a group of 4 ranks"),
+    (_record(nodes=4), "a group of 4 ranks with 2 on one node cannot span 4 nodes"),
+    (_record(groups_per_node=2), "groups_per_node 2 is more than the 1 running group(s)"),
 ]
 
 
-@pytest.mark.parametrize("line, words", CORRUPT_LINES, ids=[w for _, w in CORRUPT_LINES])
+@pytest.mark.parametrize("line, words", CORRUPT_LINES, ids=[w[:40] for _, w in CORRUPT_LINES])
 def test_a_corrupt_record_inside_a_file_is_one_error_naming_file_line_and_field(
         tmp_path, line, words):
     path = tmp_path / "r.jsonl"
@@ -208,7 +218,84 @@ def test_bus_bandwidth_matches_nccl_tests_by_hand():
 
 def test_a_record_larger_than_the_world_is_an_error(tmp_path):
     path = tmp_path / "r.jsonl"
-    write(path, [sample(1024), sample(2048, group_size=8)])  # the header's world is 4
-    with pytest.raises(BadRecordError, match="1 group.* of 8 ranks does not fit the header's "
-                                             "world of 4"):
+    write(path, [sample(1024), sample(2048, group_size=8, nodes=4)])  # the header's world: 4
+    with pytest.raises(BadRecordError, match=r"r\.jsonl:3: 1 running group\(s\) of 8 ranks "
+                                             "do not fit the header's world of 4"):
+        read_results(path)
+
+
+def test_the_sample_placement_is_possible():
+    """The placement cases above fail on one field each, not on the sample itself."""
+    from bench.records import placement_problem
+
+    assert placement_problem(sample()) is None
+    assert placement_problem(sample(group_size=4, ranks_per_node=4, nodes=1)) is None
+    assert placement_problem(sample(group_size=1, ranks_per_node=1, nodes=1)) is None
+
+
+@pytest.mark.parametrize("last", ["[" * 100_000, '{"kind": "measurement", "iters": ' + "9" * 5000],
+                         ids=["deep", "long_number"])
+def test_a_last_line_beyond_pythons_json_limits_is_one_error(tmp_path, last):
+    path = tmp_path / "r.jsonl"
+    write(path, [sample(1024)])
+    with open(path, "a") as f:
+        f.write(last)  # no newline: read as a possibly truncated last line
+    with pytest.raises(BadRecordError, match=r"r\.jsonl:3: nested too deeply or a number too "
+                                             "long to read"):
+        read_results(path)
+
+
+@pytest.mark.parametrize("first_line", ["[" * 100_000, '{"schema": ' + "9" * 5000 + "}"],
+                         ids=["deep", "long_number"])
+def test_a_header_beyond_pythons_json_limits_is_not_a_results_file(tmp_path, first_line):
+    path = tmp_path / "r.jsonl"
+    path.write_text(first_line + "\n")
+    with pytest.raises(ResultsError, match=r"r\.jsonl:1: not a bench results file"):
+        read_results(path)
+
+
+def write_run(path, records, **header):
+    w = ResultsWriter(path, make_header(command="test", backend="gloo", **header))
+    for m in records:
+        w.write(m)
+    w.close()
+
+
+@pytest.mark.parametrize("record, words", [
+    (sample(2048, nodes=2), "the record's group spans 2 nodes, more than the header's 1"),
+    (sample(2048, nodes=1, ranks_per_node=4),
+     "the record puts 4 ranks on one node, more than the header's ranks_per_node 2"),
+], ids=["nodes", "ranks_per_node"])
+def test_a_record_that_contradicts_the_header_is_one_error(tmp_path, record, words):
+    """A run on one node (the header) has no group spanning two; a run of 2 ranks per node
+    has no group with 4 ranks on one node."""
+    one_node, two_per_node = tmp_path / "one_node.jsonl", tmp_path / "two_per_node.jsonl"
+    write_run(one_node, [sample(1024, nodes=1, ranks_per_node=4)], world_size=4, nodes=1,
+              ranks_per_node=4)
+    write_run(two_per_node, [sample(1024)], world_size=4, nodes=2, ranks_per_node=2)
+    path = one_node if record.nodes > 1 else two_per_node
+    assert read_results(path).measurements  # clean before the record is added
+    with open(path, "a") as f:
+        f.write(_line(record) + "\n")
+    with pytest.raises(BadRecordError) as raised:
+        read_results(path)
+    assert str(raised.value) == (f"{path}:3: {words}; repair the header or that line, or "
+                                 "measure again")
+
+
+def _line(m) -> str:
+    return json.dumps({"kind": "measurement", **_as_dict(m)})
+
+
+def test_an_overflow_while_checking_a_record_is_one_error(tmp_path, monkeypatch):
+    import bench.records
+
+    def overflow(*args):
+        raise OverflowError("int too large to convert to float")
+
+    path = tmp_path / "r.jsonl"
+    write(path, [sample(1024)])
+    monkeypatch.setattr(bench.records, "algbw_gbps", overflow)
+    with pytest.raises(BadRecordError, match=r"r\.jsonl:2: a value is too large to compute its "
+                                             "bandwidths with; repair or delete that line"):
         read_results(path)

@@ -4,6 +4,7 @@ folded into a profile by `partune-fit --host-layers`, or given as --host-us-per-
 import json
 import subprocess
 import sys
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -59,6 +60,21 @@ def test_fit_stores_the_machines_host_speed_in_the_profile(tmp_path):
     assert load_cluster(str(out)).host_s_per_op == pytest.approx(expected)
     assert json.loads(out.read_text())["fit"]["host"]["files"] == list(map(str, csvs))
     assert "host: 16.8 us per operator" in done.stdout  # the fastest of the five machines
+
+
+@pytest.mark.parametrize("run", sorted(read_runs(GPU)))
+def test_every_measured_machine_passes_the_layer_checks(run):
+    """The checks on --host-layers CSVs (cost_models.fit) accept each of the five machines'
+    files as measured, without a numpy warning, and fit what host_fit fits from them."""
+    from cost_models.compute import HOST_OVERLAP_NORM
+    from cost_models.host_layers import with_measured_host
+
+    csvs = sorted(map(str, GPU.glob(f"megatron_*_layer_h100_{run}.csv")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cluster, _ = with_measured_host(H100, csvs)
+    expected = fit_runs({run: read_runs(GPU)[run]}, HOST_OVERLAP_NORM).per_op_s.median()
+    assert cluster.host_s_per_op == pytest.approx(expected, rel=1e-12)
 
 
 @pytest.mark.parametrize("name, text, says", [

@@ -160,8 +160,8 @@ def test_load_factor_refuses_pairs_that_cannot_show_imbalance(tmp_path):
     with runs.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(forced))
         writer.writeheader()
-        writer.writerows([forced, dropless, {**dropless, "id": "other-tp", "tp": "8",
-                                             "dp": "4"},
+        writer.writerows([forced, dropless, {**dropless, "id": "other-tp", "tp": "2",
+                                             "dp": "16"},
                           {**dropless, "id": "broken", "num_layers": "x"}])
     cases = {"zoo-qwen3-235b-s16k-dropless:zoo-qwen3-235b-s16k-forced": "is not slower than",
              "zoo-qwen3-235b-s16k-forced:other-tp": "are not one plan (they differ in tp, dp)",
