@@ -31,7 +31,14 @@ from cost_models.goodput import goodput
 from cost_models.json_text import parse_json
 from cost_models.loaders import cluster_from_dict, cluster_to_dict
 from cost_models.params import count_parameters
-from cost_models.specs import ClusterSpec, Estimate, ModelSpec, Plan, SpecError
+from cost_models.specs import (
+    ClusterSpec,
+    Estimate,
+    ModelSpec,
+    Plan,
+    SpecError,
+    load_factor_problem,
+)
 from tuner.deepspeed_config import deepspeed_config
 from tuner.megatron import megatron_args, megatron_env
 
@@ -362,6 +369,13 @@ def parse_plan(doc: object) -> LoadedPlan:
     if stored != plan.num_gpus:
         raise SpecError(f"layout.num_gpus={stored!r} does not match the plan's "
                         f"tp*pp*dp*cp={plan.num_gpus}")
+    if nodes != -(-plan.num_gpus // cluster.gpus_per_node):
+        raise SpecError(f"layout.num_nodes={nodes} does not hold {plan.num_gpus} GPUs at "
+                        f"{cluster.gpus_per_node} per node; {RECREATE_HINT}")
+    problem = load_factor_problem(model, plan.moe_load_factor)
+    if problem:
+        raise SpecError(f"plan.moe_load_factor={plan.moe_load_factor:g}: {problem}; "
+                        f"{RECREATE_HINT}")
     return LoadedPlan(model=model, plan=plan, cluster=cluster, prediction=prediction, raw=doc)
 
 

@@ -313,3 +313,17 @@ def test_deepspeed_ulysses_needs_heads_and_sequence_divisible_by_cp():
         deepspeed_config(odd_heads, Plan(dp=1, cp=8, global_batch_size=4))
     assert deepspeed_config(odd_heads, Plan(dp=1, cp=4, global_batch_size=4))[
         "sequence_parallel_size"] == 4
+
+
+@pytest.mark.parametrize(("section", "key", "value", "expected"), [
+    ("layout", "num_nodes", 7, "layout.num_nodes=7 does not hold 8 GPUs at 8 per node"),
+    ("plan", "moe_load_factor", 2.0, "plan.moe_load_factor=2: "),
+])
+@pytest.mark.parametrize("framework", ["megatron", "deepspeed"])
+def test_sections_that_contradict_the_plan_or_model_are_refused(
+        tmp_path, capsys, monkeypatch, framework, section, key, value, expected):
+    """A layout whose node count cannot hold the plan, or a load factor the (dense) model
+    cannot have, is refused by the plan reader itself (launch and predict alike)."""
+    path = write(tmp_path, edited(section, key, value))
+    code, out, err = autotune_launch(capsys, monkeypatch, path, framework)
+    assert_one_line_error(code, out, err, tmp_path, expected)
