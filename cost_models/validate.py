@@ -306,11 +306,21 @@ def _check_precision(row: dict, cluster: ClusterSpec) -> None:
         raise SpecError(f"precision={word} but {cluster.gpu.name} has no {word} tensor cores")
 
 
+# A training iteration takes between a millisecond and a day; outside, a typo or a unit
+# mistake (and a 1e-300 s reference prints a 300-digit error).
+REF_ITER_TIME_RANGE_S = (1e-3, 86_400.0)
+
+
 def parse_rows(rows: list[dict], cluster_of: Callable[[dict], ClusterSpec] = cluster_for_row
                ) -> Iterator[Row | Skipped]:
     seen = set()
     for number, row in enumerate(rows, start=2):  # line 1 is the header
         rid = _cell(row, "id") or f"line {number}"
+        cells = sum(value is not None for key, value in row.items() if key is not None)
+        if cells < len(row) - (None in row):  # csv.DictReader fills a short row with None
+            yield Skipped(id=rid, reason=f"the row has {cells} of {len(row) - (None in row)} "
+                                         "cells (cut short?)")
+            continue
         if _cell(row, "usable") != "1":
             yield Skipped(id=rid, reason="usable != 1")
             continue
@@ -322,8 +332,9 @@ def parse_rows(rows: list[dict], cluster_of: Callable[[dict], ClusterSpec] = clu
         try:
             model = row_model(row)
             ref_s = _number(row, "ref_iter_time_s")
-            if ref_s <= 0:
-                raise SpecError(f"ref_iter_time_s={ref_s:g} must be > 0")
+            if not REF_ITER_TIME_RANGE_S[0] <= ref_s <= REF_ITER_TIME_RANGE_S[1]:
+                raise SpecError(f"ref_iter_time_s={ref_s:g} must be {REF_ITER_TIME_RANGE_S[0]:g}"
+                                f"-{REF_ITER_TIME_RANGE_S[1]:g} seconds per iteration")
             cluster = cluster_of(row)
             _check_precision(row, cluster)
             yield Row(id=rid, model=model, cluster=cluster,
