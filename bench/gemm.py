@@ -208,10 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
     try:
-        parse_inputs(args, args.smoke)  # the flags as given, though --smoke replaces the shapes
-        if args.smoke:
+        parsed = parse_inputs(args, args.smoke)  # the flags as given
+        if args.smoke:  # then --smoke's fixed shapes replace them
             args.hidden, args.tp, args.tokens, args.warmup, args.iters = "256", "1,2", "128", 1, 3
-        hiddens, tps, tokens, extra, precisions, specs = parse_inputs(args, args.smoke)
+            parsed = parse_inputs(args, args.smoke)
+        hiddens, tps, tokens, extra, precisions, specs = parsed
         checked_outputs([("-o", args.output), ("--layer-output", args.layer_output)])
     except ValueError as exc:  # SpecError too
         p.error(str(exc))

@@ -39,7 +39,7 @@ def with_measured_host(cluster: ClusterSpec, paths: list[str]) -> tuple[ClusterS
     fits = fit_runs({"this machine": slopes}, HOST_OVERLAP_NORM)
     if fits.empty:
         raise SpecError(f"{', '.join(paths)}: each layer kind needs two or more token counts "
-                       "(python -m bench.megatron_layer --tokens 512,2048,8192)")
+                        "(python -m bench.megatron_layer --tokens 512,2048,8192)")
     _refuse(", ".join(paths), _host_fit_problem(fits))
     per_op_s = float(fits.per_op_s.median())
     summary = {"files": list(paths), "host_s_per_op": per_op_s,
@@ -74,11 +74,11 @@ def _read_layer_csv(path: str) -> pd.DataFrame:
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         reason = " ".join(str(exc).split())  # pandas' messages span lines
         raise SpecError(f"{path}: cannot read it as a CSV ({reason}); pass python -m "
-                       "bench.megatron_layer's output") from None
+                        "bench.megatron_layer's output") from None
     missing = [c for c in HOST_LAYER_COLUMNS if c not in frame.columns]
     if missing:
         raise SpecError(f"{path}: not a bench.megatron_layer CSV (no column "
-                       f"{', '.join(missing)}); pass that command's output")
+                        f"{', '.join(missing)}); pass that command's output")
     numbers = list(LAYER_COUNTS + LAYER_TIMES_S)
     return frame.assign(**frame[numbers].apply(pd.to_numeric, errors="coerce"))
 

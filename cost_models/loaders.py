@@ -110,13 +110,7 @@ def _read_mapping(path: Path) -> dict:
     except OSError as error:
         raise SpecError(f"{path}: cannot read ({error.strerror or error})") from None
     if path.suffix.lower() in (".yaml", ".yml"):
-        try:
-            data = _parse_yaml(path, text)
-        except (RecursionError, ValueError) as error:
-            if isinstance(error, SpecError):  # not valid YAML, said by _parse_yaml
-                raise
-            raise SpecError(f"{path}: nested too deeply or a number too large to read; "
-                            "a model or cluster file is a flat object") from None
+        data = _parse_yaml(path, text)
     else:
         data = parse_json(text, str(path), "a model or cluster file is a flat JSON object")
     return _require_mapping(data, str(path))
@@ -128,6 +122,9 @@ def _parse_yaml(path: Path, text: str) -> object:
         return yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise SpecError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    except (RecursionError, ValueError):
+        raise SpecError(f"{path}: nested too deeply or a number too large to read; a model or "
+                        "cluster file is a flat object") from None
 
 
 def _looks_like_file(ref: str) -> bool:

@@ -211,19 +211,19 @@ def row_candidates(row: dict, model: ModelSpec) -> tuple[Plan, ...]:
     plans, reasons = [], []
     for mbs, vpp, sp, recompute, zero in space:
         try:
-            plans.append(Plan(tp=tp, pp=pp, vpp=vpp, dp=dp, cp=cp, ep=_count(row, "ep", 1),
-                              micro_batch_size=mbs, global_batch_size=gbs,
-                              sequence_parallel=bool(sp) and tp > 1, recompute=recompute,
-                              zero=zero, precision=_word(row, "precision"),
-                              flash_attention=flash,
-                              grad_reduce_in_bf16=bf16_grads, zero3_impl=impl,
-                              moe_load_factor=load))
+            plan = Plan(tp=tp, pp=pp, vpp=vpp, dp=dp, cp=cp, ep=_count(row, "ep", 1),
+                        micro_batch_size=mbs, global_batch_size=gbs,
+                        sequence_parallel=bool(sp) and tp > 1, recompute=recompute,
+                        zero=zero, precision=_word(row, "precision"), flash_attention=flash,
+                        grad_reduce_in_bf16=bf16_grads, zero3_impl=impl, moe_load_factor=load)
         except SpecError as exc:
             reasons.append(str(exc))
             continue
-        problem = shape_problem(model, plans[-1])
+        problem = shape_problem(model, plan)
         if problem:
-            reasons.append(f"plan {plans.pop().name}: {problem}")
+            reasons.append(f"plan {plan.name}: {problem}")
+        else:
+            plans.append(plan)
     if not plans:
         raise SpecError(f"no plan is consistent with the printed knobs ({reasons[0]})")
     return tuple(plans)
@@ -311,15 +311,23 @@ def _check_precision(row: dict, cluster: ClusterSpec) -> None:
 REF_ITER_TIME_RANGE_S = (1e-3, 86_400.0)
 
 
+def _short_row(row: dict) -> str | None:
+    """Why a row has fewer cells than the header (csv.DictReader fills them with None; extra
+    cells go under the key None), or None."""
+    columns = [key for key in row if key is not None]
+    cells = sum(row[key] is not None for key in columns)
+    return None if cells == len(columns) else (f"the row has {cells} of {len(columns)} cells "
+                                               "(cut short?)")
+
+
 def parse_rows(rows: list[dict], cluster_of: Callable[[dict], ClusterSpec] = cluster_for_row
                ) -> Iterator[Row | Skipped]:
     seen = set()
     for number, row in enumerate(rows, start=2):  # line 1 is the header
         rid = _cell(row, "id") or f"line {number}"
-        cells = sum(value is not None for key, value in row.items() if key is not None)
-        if cells < len(row) - (None in row):  # csv.DictReader fills a short row with None
-            yield Skipped(id=rid, reason=f"the row has {cells} of {len(row) - (None in row)} "
-                                         "cells (cut short?)")
+        short = _short_row(row)
+        if short:
+            yield Skipped(id=rid, reason=short)
             continue
         if _cell(row, "usable") != "1":
             yield Skipped(id=rid, reason="usable != 1")

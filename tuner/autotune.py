@@ -23,7 +23,7 @@ from tuner.plan_io import make_provenance, plan_document, save_plan, train_days
 from tuner.report import alternatives_block, batch_block, best_block, header, runners_up
 from tuner.search import Ranked, collect, make_sampler, recover_stale_trials, run_study
 from tuner.space import Knobs, Space, check_space, layouts
-from tuner.storage import open_study
+from tuner.storage import open_study, storage_file
 
 PROGRESS_MIN_LAYOUTS = 200
 MAX_GPUS = 1_000_000  # the largest clusters hold ~200k GPUs; more is a typo
@@ -284,11 +284,7 @@ def _input_files(args: argparse.Namespace) -> list[tuple[str, str]]:
     """The files the run reads that an output must not replace."""
     files = [(f"--{flag}", getattr(args, flag)) for flag in ("model", "cluster")
              if getattr(args, flag) and os.path.isfile(getattr(args, flag))]
-    storage = args.storage or ""
-    for scheme in ("journal:", "sqlite:///"):
-        if storage.startswith(scheme):
-            files.append(("--storage", storage[len(scheme):]))
-    return files
+    return files + [("--storage", storage_file(args.storage))]
 
 
 def check_outputs(args: argparse.Namespace) -> None:

@@ -24,7 +24,7 @@ from cost_models.specs import ModelSpec, Plan, Precision, Recompute, SpecError
 
 def check_deepspeed(model: ModelSpec, plan: Plan) -> None:
     """Raise SpecError for a plan DeepSpeed's engines refuse, or one that does not divide the
-    model (tuner.plan_shapes; Ulysses also scatters heads and the sequence over cp ranks)."""
+    model (cost_models.plan_shapes; Ulysses also scatters heads and the sequence over cp ranks)."""
     check_shapes(model, plan, f"DeepSpeed cannot run plan {plan.name} for model "
                               f"{model.name!r}:")
     if plan.cp > 1 and (model.num_heads % plan.cp or model.seq_len % plan.cp):

@@ -25,11 +25,24 @@ JOURNAL_DECODE_ERRORS = (ValueError, RecursionError)
 RDB_ATTEMPTS = 5
 
 
+SQLITE_PREFIX = "sqlite:///"
+
+
+def storage_file(url: str | None) -> str | None:
+    """The local file a storage URL keeps the study in (a journal or an SQLite database;
+    None for other URLs): an output must not replace it."""
+    if url and url.startswith(JOURNAL_PREFIX):
+        return url[len(JOURNAL_PREFIX):].removeprefix("//")
+    if url and url.startswith(SQLITE_PREFIX):
+        return url[len(SQLITE_PREFIX):]
+    return None
+
+
 def open_storage(url: str | None) -> optuna.storages.BaseStorage | None:
     if url is None:
         return None
     if url.startswith(JOURNAL_PREFIX):
-        path = url[len(JOURNAL_PREFIX):].removeprefix("//")
+        path = storage_file(url)
         if not path:
             raise SpecError("--storage journal: needs a file path, e.g. journal:/shared/s.log")
         _check_journal(path, url)
