@@ -45,6 +45,9 @@ from cost_models.specs import ClusterSpec, Estimate, ModelSpec, Plan
 # Adam step: read and write the fp32 weight, m and v (24 B), read the fp32 gradient (4 B),
 # write the 16-bit weight (2 B), plus one gradient read for the norm/clipping (4 B).
 OPTIMIZER_STEP_BYTES_PER_PARAM = 34
+# With bf16 states (memory.BF16_OPTIMIZER_BYTES): read and write the bf16 weight, its 16-bit
+# remainder, m and v (16 B) and read the gradient twice (8 B).
+BF16_OPTIMIZER_STEP_BYTES_PER_PARAM = 24
 # ASSUMPTION: a ring collective runs one CTA per NCCL channel; at 16-32 channels on a
 # 108-132-SM GPU it holds ~15% of the SMs, and compute overlapped with it slows by that much
 # (NCCL docs, NCCL_MIN/MAX_NCHANNELS; the interference is why Megatron-LM and TE cap the
@@ -167,7 +170,9 @@ def _optimizer_s(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays) -> n
     edp = np.maximum(plans.tp * plans.cp * plans.dp // plans.ep, 1)
     local = np.where(plans.zero >= 1, dense / (plans.dp * plans.cp) + experts / edp,
                      dense + experts)
-    return memory_bound_time_s(local * OPTIMIZER_STEP_BYTES_PER_PARAM, cluster.gpu)
+    step_bytes = np.where(plans.bf16_optimizer, BF16_OPTIMIZER_STEP_BYTES_PER_PARAM,
+                          OPTIMIZER_STEP_BYTES_PER_PARAM)
+    return memory_bound_time_s(local * step_bytes, cluster.gpu)
 
 
 def estimate_batch(model: ModelSpec, cluster: ClusterSpec, plans: PlanArrays) -> BatchEstimate:

@@ -36,6 +36,12 @@ OPTIMIZER_BYTES = 12
 # fp32 main gradient to its state (16).
 HALF_GRAD_BYTES = 2
 HALF_GRAD_OPTIMIZER_BYTES = 16
+# Megatron-Core's precision-aware optimizer with bf16 moments (OptimizerConfig
+# exp_avg_dtype / exp_avg_sq_dtype = bf16, store_param_remainders True, the default for bf16
+# weights and an fp32 main weight): the fp32 main weight is the bf16 weight plus a 16-bit
+# remainder (2), m 2, v 2. The optimizer reads the gradient buffer in place, in whatever
+# precision it was reduced, so no fp32 main-gradient copy is added.
+BF16_OPTIMIZER_BYTES = 6
 ACT_BYTES = 2  # 16-bit activations (fp8 runs keep activations in bf16 too)
 LOGIT_BYTES = 4  # fp32 logits for the cross-entropy (Megatron casts them)
 # ASSUMPTION: CUDA context, NCCL buffers and framework workspaces ~2 GiB per GPU, and the
@@ -45,15 +51,17 @@ FRAMEWORK_BYTES = 2 * 2**30
 FRAGMENTATION_FRACTION = 0.05
 
 
-def model_state_bytes_per_param(zero, shard, half_grads=False
+def model_state_bytes_per_param(zero, shard, half_grads=False, bf16_optimizer=False
                                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(weight, gradient, optimizer) bytes per parameter when sharded over `shard` ranks.
     `half_grads`: 16-bit gradients under DDP or the distributed optimizer (ZeRO-2/3 and FSDP
-    keep the sharded fp32 gradient either way)."""
+    keep the sharded fp32 gradient either way). `bf16_optimizer`: bf16 Adam states
+    (BF16_OPTIMIZER_BYTES) instead of fp32 ones."""
     half = np.asarray(half_grads) & (np.asarray(zero) <= 1)
     weight = np.where(zero >= 3, WEIGHT_BYTES / shard, WEIGHT_BYTES)
     grad = np.where(zero >= 2, GRAD_BYTES / shard, np.where(half, HALF_GRAD_BYTES, GRAD_BYTES))
-    state = np.where(half, HALF_GRAD_OPTIMIZER_BYTES, OPTIMIZER_BYTES)
+    state = np.where(bf16_optimizer, BF16_OPTIMIZER_BYTES,
+                     np.where(half, HALF_GRAD_OPTIMIZER_BYTES, OPTIMIZER_BYTES))
     optim = np.where(zero >= 1, state / shard, state)
     return weight, grad, optim
 
@@ -99,8 +107,9 @@ def model_state_bytes(model: ModelSpec, plans: PlanArrays) -> dict[str, np.ndarr
     half_grads = fp16 | plans.grad_reduce_in_bf16
     out = {"weights": 0.0, "gradients": 0.0, "optimizer": 0.0}
     for count, shard in ((dense, dense_shard), (experts, expert_shard)):
-        for name, per_param in zip(out, model_state_bytes_per_param(plans.zero, shard,
-                                                                    half_grads)):
+        per_param_bytes = model_state_bytes_per_param(plans.zero, shard, half_grads,
+                                                      plans.bf16_optimizer)
+        for name, per_param in zip(out, per_param_bytes):
             out[name] = out[name] + count * per_param
     return out
 

@@ -42,6 +42,7 @@ class PlanArrays:
     grad_reduce_in_bf16: np.ndarray  # bool
     zero3_deepspeed: np.ndarray  # bool: plan.zero3_impl == "deepspeed"
     moe_load_factor: np.ndarray  # float
+    bf16_optimizer: np.ndarray  # bool: plan.optimizer_dtype == "bf16"
 
     def __len__(self) -> int:
         return len(self.tp)
@@ -80,7 +81,8 @@ def from_plans(plans: Sequence[Plan]) -> PlanArrays:
         order=np.array([ORDERS.index(p.order) for p in plans]),
         grad_reduce_in_bf16=column("grad_reduce_in_bf16", bool),
         zero3_deepspeed=np.array([p.zero3_impl == "deepspeed" for p in plans], dtype=bool),
-        moe_load_factor=column("moe_load_factor", float))
+        moe_load_factor=column("moe_load_factor", float),
+        bf16_optimizer=np.array([p.optimizer_dtype == "bf16" for p in plans], dtype=bool))
 
 
 def to_plan(arrays: PlanArrays, i: int) -> Plan:
@@ -95,7 +97,8 @@ def to_plan(arrays: PlanArrays, i: int) -> Plan:
                 order=ORDERS[int(arrays.order[i])],
                 grad_reduce_in_bf16=bool(arrays.grad_reduce_in_bf16[i]),
                 zero3_impl="deepspeed" if arrays.zero3_deepspeed[i] else "fsdp",
-                moe_load_factor=float(arrays.moe_load_factor[i]))
+                moe_load_factor=float(arrays.moe_load_factor[i]),
+                optimizer_dtype="bf16" if arrays.bf16_optimizer[i] else "fp32")
 
 
 def busiest_rank_load(model: ModelSpec, plans: PlanArrays) -> np.ndarray:

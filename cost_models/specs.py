@@ -379,6 +379,10 @@ class ClusterSpec:
 
 
 ZERO3_IMPLS = ("fsdp", "deepspeed")
+# Adam state precision (Plan.optimizer_dtype): "fp32" (fp32 master weights, m and v) or
+# "bf16" (Megatron-Core's precision-aware optimizer: bf16 m and v, and the fp32 master
+# weight kept as the bf16 weight plus a 16-bit remainder).
+OPTIMIZER_DTYPES = ("fp32", "bf16")
 
 
 LOAD_FACTOR_RANGE = ("must be a number >= 1 (the busiest expert rank's tokens over the mean; "
@@ -435,6 +439,11 @@ class Plan:
     # all-to-all, so its expert work and traffic set the pace. Ignored by dense models; the
     # cost model caps it at what routing allows (plan_arrays.busiest_rank_load).
     moe_load_factor: float = 1.0
+    # Adam state precision, a numerics choice (OPTIMIZER_DTYPES): "fp32", Megatron-LM's and
+    # DeepSpeed's default, or "bf16" (--use-precision-aware-optimizer with bf16 moments;
+    # memory.model_state_bytes_per_param says what it saves). Needs zero 1 (the distributed
+    # optimizer) and bf16 or fp8 training.
+    optimizer_dtype: str = "fp32"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "recompute", _enum("plan", "recompute", self.recompute,
@@ -459,6 +468,14 @@ class Plan:
                  f"plan.moe_load_factor={self.moe_load_factor!r} {LOAD_FACTOR_RANGE}")
         _require(not self.grad_reduce_in_bf16 or self.precision != Precision.FP16,
                  "plan.grad_reduce_in_bf16 needs bf16 or fp8 (fp16 runs reduce in fp16)")
+        _require(self.optimizer_dtype in OPTIMIZER_DTYPES,
+                 f"plan.optimizer_dtype={self.optimizer_dtype!r} must be one of "
+                 f"{', '.join(OPTIMIZER_DTYPES)}")
+        _require(self.optimizer_dtype == "fp32" or (self.zero == 1
+                                                     and self.precision != Precision.FP16),
+                 f"plan.optimizer_dtype={self.optimizer_dtype} needs zero 1 (Megatron-Core's "
+                 "precision-aware optimizer runs inside its distributed optimizer) and bf16 "
+                 "or fp8 training; use fp32")
         per_step = self.micro_batch_size * self.dp
         _require(self.global_batch_size % per_step == 0,
                  f"plan.global_batch_size={self.global_batch_size} is not divisible by "

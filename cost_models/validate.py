@@ -11,8 +11,9 @@ the run was published (the first year found in `source`; rows without a year get
 software). The attention kernel is read from an optional `flash_attention` column (1/0), and
 bf16 gradient reduction from an optional `grad_reduce_in_bf16` column (1/0; default fp32),
 the ZeRO-3 implementation from an optional `zero3_impl` column (fsdp/deepspeed; default by
-year, see `zero3_impl`), and an MoE run's expert load imbalance from an optional
-`moe_load_factor` column (default 1: balanced).
+year, see `zero3_impl`), an MoE run's expert load imbalance from an optional
+`moe_load_factor` column (default 1: balanced), and the Adam state precision from an
+optional `optimizer_dtype` column (fp32/bf16; default fp32).
 - FlashAttention appeared in May 2022 (Dao et al., arXiv:2205.14135); Megatron-LM gained
   `--use-flash-attn` in 2023: earlier runs use the unfused softmax kernels.
 - Selective recomputation and sequence parallelism were introduced by Korthikanti et al. 2022
@@ -40,6 +41,7 @@ from cost_models.pipeline import interleaving
 from cost_models.plan_arrays import PlanArrays, from_plans, to_plan
 from cost_models.plan_shapes import shape_problem
 from cost_models.specs import (
+    OPTIMIZER_DTYPES,
     ZERO3_IMPLS,
     ClusterSpec,
     ModelSpec,
@@ -202,6 +204,7 @@ def row_candidates(row: dict, model: ModelSpec) -> tuple[Plan, ...]:
     flash = uses_flash_attention(row)
     bf16_grads, impl = reduces_grads_in_bf16(row), zero3_impl(row)
     load = moe_load_factor(row, model)
+    states = optimizer_dtype(row)
     modern = publication_year(row) >= MEGATRON_2022_FEATURES_YEAR
     space = itertools.product(
         _choices(row, "micro_batch_size", mbs_all), _choices(row, "vpp", vpp_all),
@@ -215,7 +218,8 @@ def row_candidates(row: dict, model: ModelSpec) -> tuple[Plan, ...]:
                         micro_batch_size=mbs, global_batch_size=gbs,
                         sequence_parallel=bool(sp) and tp > 1, recompute=recompute,
                         zero=zero, precision=_word(row, "precision"), flash_attention=flash,
-                        grad_reduce_in_bf16=bf16_grads, zero3_impl=impl, moe_load_factor=load)
+                        grad_reduce_in_bf16=bf16_grads, zero3_impl=impl, moe_load_factor=load,
+                        optimizer_dtype=states)
         except SpecError as exc:
             reasons.append(str(exc))
             continue
@@ -257,6 +261,16 @@ def uses_flash_attention(row: dict) -> bool:
 def reduces_grads_in_bf16(row: dict) -> bool:
     """Optional column `grad_reduce_in_bf16` (1/0); empty or absent: Megatron-LM's fp32."""
     return bool(_flag(row, "grad_reduce_in_bf16"))
+
+
+def optimizer_dtype(row: dict) -> str:
+    """Optional column `optimizer_dtype` (Plan.optimizer_dtype); empty or absent: fp32, the
+    default of Megatron-LM and DeepSpeed. bf16 limits the row to zero 1 (the schema's zero
+    cell, if printed, must say 1)."""
+    stated = _word(row, "optimizer_dtype")
+    if stated and stated not in OPTIMIZER_DTYPES:
+        raise SpecError(f"optimizer_dtype={stated!r} is not one of {', '.join(OPTIMIZER_DTYPES)}")
+    return stated or "fp32"
 
 
 def moe_load_factor(row: dict, model: ModelSpec) -> float:

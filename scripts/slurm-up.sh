@@ -32,13 +32,13 @@ die() { echo "slurm-up: $*" >&2; exit 2; }
 log() { echo "slurm-up: $*" >&2; }
 
 [ "$(id -u)" = 0 ] || die "must run as root (munged, slurmd and slurmctld are started directly)"
+[[ $cpus =~ ^[1-9][0-9]*$ ]] || die "PARTUNE_SLURM_CPUS=$cpus is not a positive integer"
+[[ $gpus =~ ^[0-9]+$ ]] || die "PARTUNE_SLURM_GPUS=$gpus is not a non-negative integer"
+[[ $port =~ ^[1-9][0-9]*$ ]] || die "PARTUNE_SLURM_PORT=$port is not a port number"
 for bin in munged munge unmunge slurmctld slurmd sinfo scontrol; do
   command -v "$bin" >/dev/null \
     || die "$bin not found: apt-get install slurmctld slurmd slurm-client munge"
 done
-[[ $cpus =~ ^[1-9][0-9]*$ ]] || die "PARTUNE_SLURM_CPUS=$cpus is not a positive integer"
-[[ $gpus =~ ^[0-9]+$ ]] || die "PARTUNE_SLURM_GPUS=$gpus is not a non-negative integer"
-[[ $port =~ ^[1-9][0-9]*$ ]] || die "PARTUNE_SLURM_PORT=$port is not a port number"
 
 # wait_for SECONDS DESCRIPTION COMMAND...: retry COMMAND every 0.2 s until it succeeds.
 wait_for() {

@@ -16,7 +16,14 @@ from cost_models.atomic import distinct_files, ensure_folder, output_target
 from cost_models.cli_args import Parser
 from cost_models.gemm_curve import curve_for
 from cost_models.params import count_parameters
-from cost_models.specs import ZERO3_IMPLS, ClusterSpec, ModelSpec, Precision, SpecError
+from cost_models.specs import (
+    OPTIMIZER_DTYPES,
+    ZERO3_IMPLS,
+    ClusterSpec,
+    ModelSpec,
+    Precision,
+    SpecError,
+)
 from tuner import options as opt
 from tuner.alternatives import faster_gpu_counts, other_batch
 from tuner.plan_io import make_provenance, plan_document, save_plan, train_days
@@ -57,6 +64,8 @@ def build_parser(prog: str = "autotune") -> argparse.ArgumentParser:
                    help="keep and reduce gradients in bf16 (Megatron-LM --grad-reduce-in-bf16, "
                         "NeMo's choice; default fp32 as Megatron-LM)")
     k.add_argument("--moe-load-factor", type=float, default=1.0, help=opt.MOE_LOAD_HELP)
+    k.add_argument("--optimizer-dtype", choices=OPTIMIZER_DTYPES, default="fp32",
+                   help=opt.OPTIMIZER_DTYPE_HELP + "; bf16 searches zero 1 plans only")
     k.add_argument("--zero3-impl", choices=ZERO3_IMPLS, default="fsdp",
                    help="who shards ZeRO-3 plans: fsdp (Megatron-FSDP, the Megatron-LM "
                         "launcher; default) or deepspeed (DeepSpeed ZeRO-3, whose gathers the "
@@ -115,7 +124,7 @@ def _knobs(args: argparse.Namespace) -> Knobs:
         extra["sequence_parallel"] = (False,)
     return Knobs(**fields, **extra, max_pp=args.max_pp, max_tp=args.max_tp,
                  grad_reduce_in_bf16=args.grad_reduce_in_bf16, zero3_impl=args.zero3_impl,
-                 moe_load_factor=args.moe_load_factor)
+                 moe_load_factor=args.moe_load_factor, optimizer_dtype=args.optimizer_dtype)
 
 
 def _batch_range(args: argparse.Namespace, seq_len: int) -> tuple[tuple[int, int], str]:

@@ -43,6 +43,11 @@ def check_deepspeed(model: ModelSpec, plan: Plan) -> None:
         raise SpecError(f"DeepSpeed cannot run plan {plan.name}: its pipeline engine supports "
                         f"ZeRO stage 0 or 1 only, got zero={plan.zero} with pp={plan.pp}; "
                         "use zero 1 or pp 1")
+    if plan.optimizer_dtype != "fp32":
+        raise SpecError(f"DeepSpeed cannot run plan {plan.name} as predicted: its ZeRO "
+                        f"optimizer keeps fp32 Adam states, the plan {plan.optimizer_dtype} "
+                        "ones (Megatron-Core's precision-aware optimizer); launch it with "
+                        "--framework megatron, or re-plan with --optimizer-dtype fp32")
     if plan.zero == 3 and plan.zero3_impl != "deepspeed":
         raise SpecError(f"plan {plan.name} was predicted for Megatron-FSDP (zero3_impl fsdp), "
                         "whose gathers the cost model prices faster than DeepSpeed ZeRO-3's; "

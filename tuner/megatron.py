@@ -166,10 +166,23 @@ def _batch_and_memory_args(model: ModelSpec, plan: Plan) -> list[str]:
     return args + _overlap_args(plan)
 
 
+def _optimizer_state_args(plan: Plan) -> list[str]:
+    """bf16 Adam states: Megatron-Core's precision-aware optimizer (TE FusedAdam) with bf16
+    moments; the main weights stay fp32, kept as bf16 weight + 16-bit remainder
+    (OptimizerConfig.store_param_remainders, True by default with TE >= 2.1; Megatron-LM has
+    no flag for it). Gradients reduced in bf16 are read as they are (--main-grads-dtype)."""
+    if plan.optimizer_dtype != "bf16":
+        return []
+    grads = ["--main-grads-dtype", "bf16"] if plan.grad_reduce_in_bf16 else []
+    return ["--use-precision-aware-optimizer", "--exp-avg-dtype", "bf16",
+            "--exp-avg-sq-dtype", "bf16", *grads]
+
+
 def _precision_args(plan: Plan) -> list[str]:
     if plan.precision == Precision.FP16:
         return ["--fp16"]
     grads = ["--grad-reduce-in-bf16"] if plan.grad_reduce_in_bf16 else []
+    grads += _optimizer_state_args(plan)
     if plan.precision == Precision.FP8:  # FP8 GEMMs through Transformer Engine, bf16 elsewhere
         return ["--bf16", "--fp8-format", "hybrid", *grads]
     return ["--bf16", *grads]

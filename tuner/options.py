@@ -32,6 +32,10 @@ TOKENS_PER_PARAM = 20  # Hoffmann et al. 2022 (Chinchilla), compute-optimal toke
 MOE_LOAD_HELP = ("MoE: tokens the busiest expert rank processes over the mean (default 1: "
                  "balanced routing; the capacity factor when padded to capacity; the router's "
                  "imbalance when dropless: 1.5 fits the published dropless Qwen3-235B runs)")
+OPTIMIZER_DTYPE_HELP = ("Adam state precision: fp32 (default, Megatron-LM's and DeepSpeed's) or "
+                        "bf16 (Megatron-Core's precision-aware optimizer with bf16 moments: 6 "
+                        "instead of 12 bytes per parameter; needs --zero 1 and a Transformer "
+                        "Engine with FusedAdam master-weight dtypes)")
 _SUFFIX = {"": 1.0, "k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
 _QUANTITY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmbgt]?)\s*$", re.IGNORECASE)
 

@@ -8,7 +8,15 @@ import json
 from cost_models.analytical import estimate
 from cost_models.cli_args import Parser
 from cost_models.plan_arrays import busiest_rank_load, from_plans
-from cost_models.specs import DEFAULT_ORDER, ZERO3_IMPLS, Estimate, ModelSpec, Plan, SpecError
+from cost_models.specs import (
+    DEFAULT_ORDER,
+    OPTIMIZER_DTYPES,
+    ZERO3_IMPLS,
+    Estimate,
+    ModelSpec,
+    Plan,
+    SpecError,
+)
 from tuner import options as opt
 from tuner.plan_io import load_plan
 from tuner.space import check_load_factor
@@ -34,6 +42,8 @@ def build_parser(prog: str = "autotune predict") -> argparse.ArgumentParser:
     g.add_argument("--grad-reduce-in-bf16", action="store_true",
                    help="gradients kept and reduced in bf16 (Megatron-LM --grad-reduce-in-bf16)")
     g.add_argument("--moe-load-factor", type=float, default=1.0, help=opt.MOE_LOAD_HELP)
+    g.add_argument("--optimizer-dtype", choices=OPTIMIZER_DTYPES, default="fp32",
+                   help=opt.OPTIMIZER_DTYPE_HELP)
     g.add_argument("--zero3-impl", choices=ZERO3_IMPLS, default="fsdp",
                    help="who shards under --zero 3: fsdp (Megatron-FSDP) or deepspeed")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -72,7 +82,7 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
                 zero=args.zero, precision=args.precision, order=args.order,
                 flash_attention=not args.no_flash_attention,
                 grad_reduce_in_bf16=args.grad_reduce_in_bf16, zero3_impl=args.zero3_impl,
-                moe_load_factor=args.moe_load_factor)
+                moe_load_factor=args.moe_load_factor, optimizer_dtype=args.optimizer_dtype)
 
 
 def table(model: ModelSpec, plan: Plan, est: Estimate) -> str:
@@ -83,6 +93,8 @@ def table(model: ModelSpec, plan: Plan, est: Estimate) -> str:
         capped = f", {used:g} used: at most ep={plan.ep}" if used < plan.moe_load_factor else ""
         rows.append(("MoE load factor", f"{plan.moe_load_factor:g} (busiest expert rank"
                                         f"{capped})"))
+    if plan.optimizer_dtype != "fp32":
+        rows.append(("Adam states", f"{plan.optimizer_dtype} (precision-aware optimizer)"))
     rows += [("step time", f"{est.step_time_s:.3f} s"),
             ("MFU", f"{100 * est.mfu:.1f} %"),
             ("model TFLOP/s per GPU", f"{est.model_tflops_per_gpu:.1f}"),

@@ -25,6 +25,7 @@ def plan_line(plan: Plan) -> str:
             f"seq-parallel {'on' if plan.sequence_parallel else 'off'}  recompute "
             f"{plan.recompute}  zero {plan.zero}  {plan.precision}"
             f"{'  grads bf16' if plan.grad_reduce_in_bf16 else ''}"
+            f"{'  Adam states bf16' if plan.optimizer_dtype == 'bf16' else ''}"
             f"{f'  MoE load x{plan.moe_load_factor:g}' if plan.moe_load_factor != 1 else ''}"
             f"{'  (DeepSpeed ZeRO-3)' if deepspeed_zero3 else ''}")
 

@@ -59,6 +59,7 @@ class Knobs:
     grad_reduce_in_bf16: bool = False  # a numerics choice the user makes, not searched
     zero3_impl: str = "fsdp"  # the framework that shards under zero 3: the user's choice
     moe_load_factor: float = 1.0  # the router's imbalance (Plan.moe_load_factor), not searched
+    optimizer_dtype: str = "fp32"  # Adam state precision (Plan.optimizer_dtype), not searched
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -165,7 +166,10 @@ def recompute_choices(space: Space) -> list[int]:
 
 
 def zero_choices(space: Space, pp: int) -> list[int]:
-    return [z for z in space.knobs.zero if z <= 1 or pp == 1]
+    """ZeRO-2/3 only without pipelining; bf16 Adam states only in the distributed optimizer."""
+    bf16_states = space.knobs.optimizer_dtype == "bf16"
+    return [z for z in space.knobs.zero
+            if (z <= 1 or pp == 1) and (z == 1 or not bf16_states)]
 
 
 def product_columns(*axes) -> tuple[np.ndarray, ...]:
@@ -218,7 +222,8 @@ def inner_candidates(space: Space, layout: Layout) -> PlanArrays:
         flash_attention=np.ones(n, dtype=bool), order=order[ok],
         grad_reduce_in_bf16=np.full(n, space.knobs.grad_reduce_in_bf16, dtype=bool),
         zero3_deepspeed=np.full(n, space.knobs.zero3_impl == "deepspeed", dtype=bool),
-        moe_load_factor=np.full(n, float(space.knobs.moe_load_factor)))
+        moe_load_factor=np.full(n, float(space.knobs.moe_load_factor)),
+        bf16_optimizer=np.full(n, space.knobs.optimizer_dtype == "bf16", dtype=bool))
 
 
 def check_load_factor(model: ModelSpec, load: float) -> None:
@@ -242,6 +247,10 @@ def check_space(space: Space) -> None:
         raise SpecError(f"--recompute moe: {space.model.name} is a dense model; recomputing "
                         "the MoE block needs experts (use none, selective or full)")
     k = space.knobs
+    if k.optimizer_dtype == "bf16" and (space.precision == Precision.FP16 or 1 not in k.zero):
+        raise SpecError("--optimizer-dtype bf16 needs zero 1 plans (Megatron-Core's "
+                        "precision-aware optimizer runs in its distributed optimizer) and "
+                        "--precision bf16 or fp8; allow --zero 1, or use --optimizer-dtype fp32")
     if k.zero3_impl == "deepspeed" and set(k.zero) == {3} and set(k.recompute) == {Recompute.MOE}:
         raise SpecError("--zero 3 --recompute moe --zero3-impl deepspeed: DeepSpeed cannot "
                         "recompute the MoE block (a Megatron-Core module list); allow another "

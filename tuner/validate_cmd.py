@@ -28,7 +28,7 @@ from cost_models.validate import (
 
 PLAN_COLUMNS = ("tp", "pp", "vpp", "dp", "cp", "ep", "micro_batch_size", "sequence_parallel",
                 "recompute", "zero", "zero3_impl", "flash_attention", "grad_reduce_in_bf16",
-                "moe_load_factor")
+                "moe_load_factor", "optimizer_dtype")
 
 
 def build_parser(prog: str = "autotune validate") -> argparse.ArgumentParser:

@@ -53,7 +53,8 @@ def write_report(folder: Path, records: list[dict], checks: list, skipped: list,
         knobs = (f"mb{r['plan_micro_batch_size']} vpp{r['plan_vpp']} "
                  f"sp{int(r['plan_sequence_parallel'] == 'True')} {r['plan_recompute']} "
                  f"zero{r['plan_zero']}{zero3_impl_tag(r)} "
-                 f"flash{int(r['plan_flash_attention'] == 'True')}")
+                 f"flash{int(r['plan_flash_attention'] == 'True')}"
+                 f"{' adam-bf16' if r.get('plan_optimizer_dtype') == 'bf16' else ''}")
         lines.append(f"| {r['id']} | {r['ref_iter_time_s']:.3g} | {r['pred_iter_time_s']:.3g}"
                      f" | {r['err_pct']:+.1f} | {knobs} |")
     for s in skipped:

@@ -10,7 +10,7 @@ from cost_models.comm import collective_time_s
 from cost_models.flops import model_flops_per_token
 from cost_models.memory import layer_activation_bytes_per_token
 from cost_models.plan_arrays import from_plans
-from cost_models.specs import Plan
+from cost_models.specs import Plan, SpecError
 
 
 def test_gpt3_model_flops_match_korthikanti_formula_with_causal_halving():
@@ -134,6 +134,40 @@ def test_model_state_bytes_follow_megatrons_distributed_optimizer_table(fp16, ze
 
     weight, grad, optim = model_state_bytes_per_param(np.array(zero), d, np.array(fp16))
     assert float(weight + grad + optim) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("bf16_grads, expected", [(False, 2 + 4 + 6 / 32),
+                                                   (True, 2 + 2 + 6 / 32)])
+def test_bf16_adam_states_are_six_bytes_per_parameter_sharded(bf16_grads, expected):
+    """Precision-aware optimizer, bf16 moments, fp32 main weight as bf16 weight + 16-bit
+    remainder: 2 + 2 + 2 bytes of state, sharded over the d = 32 data-parallel ranks; the
+    gradient buffer stays as reduced (4 or 2 bytes), with no fp32 main-gradient copy."""
+    from dataclasses import replace
+
+    from cost_models.analytical import estimate
+
+    model, cluster = model_preset("llama3-70b"), cluster_preset("dgx-h100")
+    fp32 = Plan(tp=8, pp=4, dp=32, global_batch_size=256, sequence_parallel=True, zero=1,
+                grad_reduce_in_bf16=bf16_grads)
+    bf16 = replace(fp32, optimizer_dtype="bf16")
+    a, b = estimate(model, cluster, fp32), estimate(model, cluster, bf16)
+    per_param = b.memory_breakdown_bytes["weights"] / 2
+    states = sum(b.memory_breakdown_bytes[k] for k in ("weights", "gradients", "optimizer"))
+    assert states / per_param == pytest.approx(expected)
+    assert b.memory_breakdown_bytes["optimizer"] < a.memory_breakdown_bytes["optimizer"]
+    assert b.breakdown_s["optimizer"] == pytest.approx(a.breakdown_s["optimizer"] * 24 / 34)
+    assert b.peak_memory_bytes < a.peak_memory_bytes
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"optimizer_dtype": "fp8", "zero": 1}, "must be one of fp32, bf16"),
+    ({"optimizer_dtype": "bf16", "zero": 0}, "needs zero 1"),
+    ({"optimizer_dtype": "bf16", "zero": 3}, "needs zero 1"),
+    ({"optimizer_dtype": "bf16", "zero": 1, "precision": "fp16"}, "bf16 or fp8 training"),
+])
+def test_bf16_adam_states_need_the_distributed_optimizer_and_bf16(kwargs, message):
+    with pytest.raises(SpecError, match=message):
+        Plan(dp=2, global_batch_size=4, **kwargs)
 
 
 def test_bf16_gradient_reduction_halves_the_gradient_bytes_and_traffic():

@@ -112,6 +112,10 @@ def test_unseen_runs_file_is_predicted(tmp_path):
     errors = preds.set_index("id").abs_err_pct
     assert errors["nemotron4-340b-report-6144g"] <= 15.0
     assert errors["llama3-405b-16384g"] <= 15.0
+    # the dgxc recipe's bf16 Adam states and gradients let selective recompute fit 80 GB
+    assert errors["dgxc-nemotron4-340b-bf16-128g"] <= 15.0
+    nemotron = preds.set_index("id").loc["dgxc-nemotron4-340b-bf16-128g"]
+    assert nemotron.plan_optimizer_dtype == "bf16" and nemotron.plan_recompute == "selective"
     assert preds.set_index("id").plan_vpp["llama3-405b-16384g"] > 1  # 126 + 2 slots
 
 
@@ -184,3 +188,21 @@ def test_the_zero3_warning_quotes_the_dev_sets_zero3_errors():
     lo, hi = (int(v) for v in re.search(r"within (-?\d+)% to \+?(\d+)%", ZERO3_NOTE).groups())
     assert (lo, hi) == (round(zero3.min()), round(zero3.max()))
     assert f"dev set's {len(zero3)} ZeRO-3 runs" in ZERO3_NOTE
+
+
+def test_optional_optimizer_dtype_column_reaches_the_plan(tmp_path):
+    """An optional `optimizer_dtype` column (fp32/bf16) sets the Adam state precision; bf16
+    leaves only zero-1 candidates; a value outside fp32/bf16 skips the row with the reason."""
+    runs = pd.read_csv(RUNS)
+    rows = runs[runs.id.str.startswith("dgxc-llama31-70b-bf16")].head(3).copy()
+    rows["optimizer_dtype"] = ["bf16", "", "fp8"]
+    path, out = tmp_path / "runs.csv", tmp_path / "preds.csv"
+    rows.to_csv(path, index=False)
+    proc = subprocess.run([sys.executable, "-m", "tuner", "validate", str(path), "--out",
+                           str(out)], capture_output=True, text=True, check=True)
+    preds = pd.read_csv(out).set_index("id")
+    first, second, third = rows.id
+    assert preds.plan_optimizer_dtype[first] == "bf16" and preds.plan_zero[first] == 1
+    assert preds.plan_optimizer_dtype[second] == "fp32"
+    assert third not in preds.index
+    assert f"skipped {third}: optimizer_dtype='fp8' is not one of fp32, bf16" in proc.stdout

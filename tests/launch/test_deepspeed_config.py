@@ -75,6 +75,12 @@ def test_precision_blocks():
     assert bf16_grads["data_types"] == {"grad_accum_dtype": "bf16"}
 
 
+def test_bf16_adam_states_are_refused_deepspeed_keeps_fp32_states():
+    plan = Plan(dp=2, global_batch_size=8, zero=1, optimizer_dtype="bf16")
+    with pytest.raises(SpecError, match="keeps fp32 Adam states.*--framework megatron"):
+        deepspeed_config(TINY, plan)
+
+
 def test_full_recompute_checkpoints_every_pipeline_layer():
     config = deepspeed_config(GPT3, CASES["gpt3-pp-zero1"][1])
     assert config["pipeline"] == {"stages": 8, "activation_checkpoint_interval": 1}

@@ -51,7 +51,9 @@ MEGATRON_LM_FLAGS = {
                                           "optim_grads_params"),
     "--ckpt-format": ("torch", "torch_dist", "zarr", "torch_dcp", "fsdp_dtensor"),
     "--fp16": None, "--bf16": None, "--fp8-format": ("e4m3", "hybrid"),
-    "--grad-reduce-in-bf16": None,
+    "--grad-reduce-in-bf16": None, "--use-precision-aware-optimizer": None,
+    "--main-grads-dtype": ("fp32", "bf16"), "--exp-avg-dtype": ("fp32", "fp16", "bf16", "fp8"),
+    "--exp-avg-sq-dtype": ("fp32", "fp16", "bf16", "fp8"),
     "--num-layers": int, "--hidden-size": int, "--ffn-hidden-size": int,
     "--num-attention-heads": int, "--kv-channels": int, "--group-query-attention": None,
     "--num-query-groups": int, "--seq-length": int, "--max-position-embeddings": int,
@@ -110,6 +112,11 @@ ACCEPTED = {
     # 94 layers + embedding + loss = 96 slots = 8 stages x 4 chunks x 3 (the ModelZoo's runs)
     "llama-bf16-grads": (LLAMA, Plan(tp=8, pp=2, dp=4, global_batch_size=64, zero=1,
                                      sequence_parallel=True, grad_reduce_in_bf16=True)),
+    "llama-bf16-adam-states": (LLAMA, Plan(tp=8, pp=2, dp=4, global_batch_size=64, zero=1,
+                                           sequence_parallel=True, grad_reduce_in_bf16=True,
+                                           optimizer_dtype="bf16")),
+    "llama-bf16-adam-fp32-grads": (LLAMA, Plan(tp=8, pp=2, dp=4, global_batch_size=64, zero=1,
+                                               optimizer_dtype="bf16")),
     "deepseek-v3-mla": (DEEPSEEK_V3, Plan(tp=4, pp=8, dp=8, ep=32, global_batch_size=256,
                                           sequence_parallel=True, zero=1)),
     "qwen3-interleaved-embedding-and-loss": (QWEN3, Plan(
@@ -171,6 +178,13 @@ def test_arguments_are_megatron_lm_flags_with_the_same_values(case):
     assert parsed.overlap_param_gather == ddp["overlap_param_gather"]
     assert parsed.use_tp_pp_dp_mapping == (plan.order == "tp-cp-pp-dp")
     assert parsed.grad_reduce_in_bf16 == plan.grad_reduce_in_bf16
+    bf16_states = plan.optimizer_dtype == "bf16"
+    assert parsed.use_precision_aware_optimizer == bf16_states
+    assert parsed.use_distributed_optimizer or not bf16_states  # Megatron-Core requires it
+    assert parsed.exp_avg_dtype == parsed.exp_avg_sq_dtype == (
+        "bf16" if bf16_states else None)
+    assert parsed.main_grads_dtype == ("bf16" if bf16_states and plan.grad_reduce_in_bf16
+                                       else None)  # None: Megatron-LM's default fp32
     assert parsed.decoder_first_pipeline_num_layers == kwargs.get(
         "num_layers_in_first_pipeline_stage")
     assert parsed.decoder_last_pipeline_num_layers == kwargs.get(

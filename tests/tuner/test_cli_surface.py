@@ -11,14 +11,16 @@ SEARCH = {"--cluster", "--cp", "--ep", "--format", "--global-batch", "--global-b
           "--gpus", "--grad-reduce-in-bf16", "--help", "--host-us-per-op", "--max-pp",
           "--max-tp",
           "--memory-headroom", "--micro-batch",
-          "--model", "--moe-load-factor", "--no-alternatives", "--no-cp", "--no-sp", "--out",
+          "--model", "--moe-load-factor", "--no-alternatives", "--no-cp", "--no-sp",
+          "--optimizer-dtype", "--out",
           "--plot", "--pp",
           "--precision", "--quiet", "--recompute", "--sampler", "--seed", "--seq-len",
           "--stale-after", "--storage", "--study-name", "--tokens", "--top-k", "--tp",
           "--trials", "--vpp", "--zero", "--zero3-impl", "-h"}
 PREDICT = {"--cluster", "--cp", "--dp", "--ep", "--global-batch", "--gpus",
            "--grad-reduce-in-bf16", "--help", "--host-us-per-op", "--json",
-           "--micro-batch", "--model", "--moe-load-factor", "--no-flash-attention", "--order",
+           "--micro-batch", "--model", "--moe-load-factor", "--no-flash-attention",
+           "--optimizer-dtype", "--order",
            "--plan", "--pp",
            "--precision", "--recompute", "--seq-len", "--sequence-parallel", "--tp", "--vpp",
            "--zero", "--zero3-impl", "-h"}

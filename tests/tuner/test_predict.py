@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 
 def autotune(*args):
     return subprocess.run([sys.executable, "-m", "tuner", *args], capture_output=True,
@@ -66,6 +68,30 @@ def test_zero3_implementation_flag_reaches_the_prediction_and_the_plan_file(tmp_
     assert doc["launch"]["megatron_args"] is None and doc["launch"]["deepspeed_config"]
     again = json.loads(autotune("predict", "--plan", str(plan), "--json").stdout)
     assert again["step_time_s"] == doc["prediction"]["step_time_s"]
+
+
+def test_bf16_adam_states_reach_the_search_the_plan_file_and_the_launch(tmp_path):
+    """--optimizer-dtype bf16: every plan searched is zero 1, the plan file keeps the choice,
+    Megatron-LM gets the precision-aware optimizer, and it needs less memory than fp32."""
+    plan = tmp_path / "plan.json"
+    autotune("--model", "llama3-70b", "--gpus", "64", "--optimizer-dtype", "bf16",
+             "--out", str(plan), "--quiet", "--no-alternatives")
+    doc = json.loads(plan.read_text())
+    assert doc["plan"]["optimizer_dtype"] == "bf16" and doc["plan"]["zero"] == 1
+    args = doc["launch"]["megatron_args"]
+    i = args.index("--use-precision-aware-optimizer")
+    assert args[i:i + 5] == ["--use-precision-aware-optimizer", "--exp-avg-dtype", "bf16",
+                             "--exp-avg-sq-dtype", "bf16"]
+    assert doc["launch"]["deepspeed_config"] is None
+    again = json.loads(autotune("predict", "--plan", str(plan), "--json").stdout)
+    assert again["step_time_s"] == doc["prediction"]["step_time_s"]
+    flags = ("predict", "--model", "llama3-70b", "--tp", "8", "--pp", "4", "--gpus", "64",
+             "--global-batch", "64", "--sequence-parallel", "--zero", "1", "--json")
+    fp32 = json.loads(autotune(*flags).stdout)
+    bf16 = json.loads(autotune(*flags, "--optimizer-dtype", "bf16").stdout)
+    assert bf16["memory_breakdown_bytes"]["optimizer"] == pytest.approx(
+        fp32["memory_breakdown_bytes"]["optimizer"] / 2)
+    assert "needs zero 1" in _refused(*flags[1:-3], "--zero", "0", "--optimizer-dtype", "bf16")
 
 
 def _refused(*args):
