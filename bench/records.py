@@ -15,6 +15,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from bench.groups import LAYOUTS
+from cost_models.json_text import DuplicateKey, unique_keys
 
 
 class Collective(StrEnum):
@@ -325,7 +326,10 @@ def read_results(path: str | os.PathLike) -> Results:
 
 def _parse_header(path: str, line: str) -> dict:
     try:
-        header = json.loads(line)
+        header = json.loads(line, object_pairs_hook=unique_keys)
+    except DuplicateKey as error:
+        raise ResultsError(error.line(f"{path}:1", "the header must say each thing once; "
+                                      "produce the file with `partune-bench`")) from None
     except (RecursionError, ValueError):  # JSONDecodeError, nesting or digits beyond limits
         raise ResultsError(f"{path}:1: not a bench results file (line 1 is not a JSON "
                            "header); produce it with `partune-bench`") from None
@@ -387,7 +391,9 @@ def _parse_line(path: str, number: int, line: str, header: dict):
     or if it contradicts the run's `header`."""
     where = f"{path}:{number}"
     try:
-        obj = json.loads(line)
+        obj = json.loads(line, object_pairs_hook=unique_keys)
+    except DuplicateKey as error:
+        raise BadRecordError(error.line(where, FIX_LINE)) from None
     except json.JSONDecodeError:
         raise BadRecordError(f"{where}: not valid JSON; {FIX_LINE}") from None
     except (RecursionError, ValueError):  # Python's own limits on nesting and digits

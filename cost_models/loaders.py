@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from cost_models.atomic import write_json_atomic
 from cost_models.catalog import MODELS, closest_names, model_preset
 from cost_models.catalog_clusters import CLUSTERS, cluster_preset
 from cost_models.catalog_sizes import is_size, model_from_size
-from cost_models.json_text import parse_json
+from cost_models.json_text import DuplicateKey, parse_json, unique_keys
 from cost_models.specs import (
     MODEL_LIMITS,
     ClusterSpec,
@@ -118,8 +118,18 @@ def _read_mapping(path: Path) -> dict:
 
 def _parse_yaml(path: Path, text: str) -> object:
     import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
+            unique_keys([(key, None) for key in keys if isinstance(key, Hashable)])
+            return super().construct_mapping(node, deep=deep)
+
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except DuplicateKey as error:
+        raise SpecError(error.line(str(path), "a model or cluster file is a flat object")
+                        ) from None
     except yaml.YAMLError as error:
         raise SpecError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
     except (RecursionError, ValueError):

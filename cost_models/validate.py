@@ -80,6 +80,11 @@ def read_rows(path: Path) -> list[dict[str, str]]:
     try:
         with open(path, newline="") as handle:
             reader = csv.DictReader(handle)
+            names = [name.strip() for name in reader.fieldnames or []]
+            twice = sorted({name for name in names if name and names.count(name) > 1})
+            if twice:
+                raise SpecError(f"{path}: column {twice[0]} appears twice in the header (only "
+                                "one can count); keep one")
             missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
             if missing:
                 raise SpecError(f"{path}: missing columns {', '.join(missing)}; the schema is "

@@ -372,6 +372,10 @@ def parse_plan(doc: object) -> LoadedPlan:
     if nodes != -(-plan.num_gpus // cluster.gpus_per_node):
         raise SpecError(f"layout.num_nodes={nodes} does not hold {plan.num_gpus} GPUs at "
                         f"{cluster.gpus_per_node} per node; {RECREATE_HINT}")
+    for key, value in _layout_block(plan, cluster).items():  # name, num_microbatches
+        if layout.get(key) != value:
+            raise SpecError(f"layout.{key}={_short(layout.get(key))} does not match the plan "
+                            f"({value!r}); was the plan edited by hand? {RECREATE_HINT}")
     problem = load_factor_problem(model, plan.moe_load_factor)
     if problem:
         raise SpecError(f"plan.moe_load_factor={plan.moe_load_factor:g}: {problem}; "

@@ -110,12 +110,23 @@ def table(model: ModelSpec, plan: Plan, est: Estimate) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
+def typed_option(token: str, options: list[str]) -> str:
+    """The option a typed flag names: argparse accepts a unique prefix (--prec for
+    --precision), so a prefix of exactly one option is that option."""
+    if token in options or not token.startswith("--"):
+        return token
+    matches = [o for o in options if o.startswith(token)]
+    return matches[0] if len(matches) == 1 else token
+
+
 def plan_file_conflicts(parser: argparse.ArgumentParser, args: argparse.Namespace,
                         argv: list[str]) -> None:
     """A plan file fixes the model and the plan: a flag that would change them is refused
     rather than ignored, also when given at its default value (--cluster may name another
     cluster, --host-us-per-op another host speed)."""
-    typed = {token.split("=", 1)[0] for token in argv if token.startswith("-")}
+    options = [o for action in parser._actions for o in action.option_strings]
+    typed = {typed_option(token.split("=", 1)[0], options)
+             for token in argv if token.startswith("-")}
     for action in parser._actions:
         if action.dest in ("plan", "cluster", "host_us_per_op", "json", "help") or \
                 not action.option_strings:

@@ -75,6 +75,7 @@ def _without(field: str) -> str:
 # (line 3 of a file whose line 4 is a good record, words the one-line error must hold)
 CORRUPT_LINES = [
     ("{not json", "not valid JSON"),
+    (_record()[:-1] + ', "size_bytes": 8}', "key 'size_bytes' appears twice in one object"),
     ("[1, 2]", "a JSON array, not a record"),
     ("null", "JSON null, not a record"),
     ('{"kind": "bogus"}', "unknown record kind 'bogus'"),
@@ -181,6 +182,8 @@ def test_resuming_drops_a_truncated_last_line_and_ends_a_complete_one(tmp_path):
     ("hello", "not a bench results file"),
     ('{"kind": "measurement"}', "no header"),
     ('{"kind": "header", "schema": 99}', "schema 99"),
+    ('{"kind": "header", "schema": 1, "world_size": 4, "world_size": 8}',
+     "r.jsonl:1: key 'world_size' appears twice in one object"),
     ('{"kind": "header", "schema": 1, "backend": "ucc"}', "backend 'ucc' is not one of"),
     ('{"kind": "header", "schema": 1, "world_size": "four"}', "'world_size' must be an int"),
     ('{"kind": "header", "schema": 1, "world_size": 4, "nodes": 2, "ranks_per_node": 3}',

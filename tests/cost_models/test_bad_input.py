@@ -45,6 +45,7 @@ def test_malformed_json_model(tmp_path):
 @pytest.mark.parametrize("content,needle", [
     ("id,source\nx,y\n", "missing columns"),
     ("", "missing columns"),
+    ("id,tp,source,tp\nx,1,y,2\n", "column tp appears twice in the header"),
 ])
 def test_malformed_runs_csv(tmp_path, content, needle):
     runs, out = tmp_path / "runs.csv", tmp_path / "out.csv"

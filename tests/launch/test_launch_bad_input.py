@@ -268,7 +268,10 @@ def _hand_edited(plan_edit: dict, config_edit: dict) -> dict:
     num_gpus = p["tp"] * p["pp"] * p["dp"] * p["cp"]
     doc["layout"] |= {"num_gpus": num_gpus, "num_nodes": -(-num_gpus // 8),
                       "num_microbatches": p["global_batch_size"] // (
-                          p["micro_batch_size"] * p["dp"])}
+                          p["micro_batch_size"] * p["dp"]),
+                      "name": ".".join(f"{k}{p[f]}" for k, f in (
+                          ("tp", "tp"), ("pp", "pp"), ("vpp", "vpp"), ("dp", "dp"), ("cp", "cp"),
+                          ("ep", "ep"), ("mb", "micro_batch_size")))}
     config = doc["launch"]["deepspeed_config"] | config_edit
     doc["launch"]["deepspeed_config"] = {k: v for k, v in config.items() if v is not None}
     return doc
@@ -317,6 +320,8 @@ def test_deepspeed_ulysses_needs_heads_and_sequence_divisible_by_cp():
 
 @pytest.mark.parametrize(("section", "key", "value", "expected"), [
     ("layout", "num_nodes", 7, "layout.num_nodes=7 does not hold 8 GPUs at 8 per node"),
+    ("layout", "num_microbatches", 3, "layout.num_microbatches=3 does not match the plan"),
+    ("layout", "name", "tp1.pp1", "layout.name='tp1.pp1' does not match the plan"),
     ("plan", "moe_load_factor", 2.0, "plan.moe_load_factor=2: "),
 ])
 @pytest.mark.parametrize("framework", ["megatron", "deepspeed"])

@@ -224,6 +224,7 @@ def test_malformed_plan_is_one_spec_error_line(tmp_path, dotted, value, expected
     ("[" * 100_000, "nested too deeply or a number too large to read"),
     ('{"plan": {"tp": 1' + "0" * 5000 + "}}", "nested too deeply or a number too large"),
     ("[1, 2]", "the top level must be a JSON object"),
+    ('{"kind": "partune.plan", "kind": "x"}', "key 'kind' appears twice in one object"),
     (b"\xff\xfe\x00", "cannot read plan file"),
 ])
 def test_unreadable_files_are_one_line(tmp_path, text, expected):

@@ -108,7 +108,8 @@ def test_flags_the_plan_file_fixes_are_refused_not_ignored(tmp_path):
              "--no-alternatives")
     for flags in (["--tp", "4"], ["--model", "llama3-70b"], ["--seq-len", "4096"],
                   ["--precision", "fp16"], ["--recompute", "full"],
-                  ["--model", "500b"], ["--precision=bf16"]):  # also at their defaults
+                  ["--model", "500b"], ["--precision=bf16"],  # also at their defaults
+                  ["--prec", "bf16"], ["--optim=fp32"]):  # and abbreviated
         assert "cannot be combined with --plan" in _refused("--plan", str(plan), *flags)
     autotune("predict", "--plan", str(plan), "--cluster", "dgx-a100-80gb")  # allowed
     assert "--plan is empty" in _refused("--plan", "")

@@ -304,6 +304,18 @@ def test_files_python_cannot_parse_are_one_line(tmp_path):
     fails(load_model, str(tmp_path), match="is a directory; give the file")
 
 
+@pytest.mark.parametrize("name, text", [
+    ("twice.json", '{"name": "m", "num_layers": 2, "num_layers": 4}'),
+    ("twice.yaml", "name: m\nnum_layers: 2\nnum_layers: 4\n"),
+])
+def test_a_key_given_twice_is_refused_not_resolved_silently(tmp_path, name, text):
+    """JSON and YAML readers keep the last of two equal keys; which one the user meant is
+    unknowable, so the file is refused."""
+    path = tmp_path / name
+    path.write_text(text)
+    fails(load_model, str(path), match="key 'num_layers' appears twice in one object")
+
+
 def test_hf_config_with_odd_values_is_one_line(tmp_path):
     folder = tmp_path / "odd"
     folder.mkdir()
