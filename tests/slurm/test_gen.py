@@ -145,7 +145,7 @@ def test_odd_job_name_and_paths_run_without_injection(slurm, tmp_path):
         "--results", str(out_dir / "r.jsonl"), "--profile", str(out_dir / "p.json"),
         "--base-cluster", "dgx-h100", "--env", f"PARTUNE_ODD={odd}",
         "--env", f"PYTHONPATH={REPO}", "-o", str(script), "--",
-        "-b", "8", "-e", "64K", "-n", "3", "-w", "1"])
+        "-b", "8", "-e", "8M", "-n", "3", "-w", "1"])  # to 8 MB: bandwidth fits
     assert code == 0
     (state,) = slurm.run(str(script), cwd=tmp_path)
     log = out_dir / f"bench-{state.job_id}.out"
