@@ -30,6 +30,7 @@ from bench.records import BadRecordError, Collective, ResultsError, read_results
 from cost_models.atomic import commit, distinct_files, output_target
 from cost_models.cli_args import Parser
 from cost_models.comm import LIBRARIES, collective_time_s
+from cost_models.csv_text import check_header
 from cost_models.specs import (
     LINK_BANDWIDTH_RANGE_BYTES_PER_S,
     MAX_LINK_LATENCY_S,
@@ -452,6 +453,7 @@ def with_measured_gemm(cluster: ClusterSpec, path: str) -> tuple[ClusterSpec, di
     """The cluster whose GPU carries the GEMM curve fitted to `path` (bf16 products)."""
     from cost_models.gemm_curve import fit_gemm_curve, with_curve
 
+    check_header(path)
     try:
         curve, errors = fit_gemm_curve(Path(path), cluster.gpu.peak_bf16_flops)
     except (KeyError, ValueError) as exc:

@@ -13,6 +13,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
+from cost_models.csv_text import check_header
 from cost_models.specs import ClusterSpec, SpecError
 
 HOST_LAYER_COLUMNS = ("experts_impl", "tokens", "layers", "wall_s", "gpu_busy_s", "ops")
@@ -69,6 +70,7 @@ def _refuse(where: str, problem: str | None) -> None:
 def _read_layer_csv(path: str) -> pd.DataFrame:
     """The CSV with its numbers converted (NaN where a cell holds none). Read as text first,
     so a number too large for a float becomes inf (refused with the other bad values)."""
+    check_header(path)
     try:
         frame = pd.read_csv(path, dtype=str)
     except (OSError, ValueError, UnicodeDecodeError) as exc:

@@ -37,6 +37,7 @@ import numpy as np
 
 from cost_models.analytical import TIME_TERMS, estimate_batch
 from cost_models.catalog_clusters import cluster_for_run
+from cost_models.csv_text import check_header
 from cost_models.pipeline import interleaving
 from cost_models.plan_arrays import PlanArrays, from_plans, to_plan
 from cost_models.plan_shapes import shape_problem
@@ -80,11 +81,7 @@ def read_rows(path: Path) -> list[dict[str, str]]:
     try:
         with open(path, newline="") as handle:
             reader = csv.DictReader(handle)
-            names = [name.strip() for name in reader.fieldnames or []]
-            twice = sorted({name for name in names if name and names.count(name) > 1})
-            if twice:
-                raise SpecError(f"{path}: column {twice[0]} appears twice in the header (only "
-                                "one can count); keep one")
+            check_header(path, reader.fieldnames)
             missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
             if missing:
                 raise SpecError(f"{path}: missing columns {', '.join(missing)}; the schema is "

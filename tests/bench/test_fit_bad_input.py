@@ -269,3 +269,19 @@ def test_a_layer_csv_without_usable_rows_is_one_line_and_writes_nothing(tmp_path
     code, err = fit_cli(capsys, good, "-o", out, "--host-layers", csv)
     assert code == 2 and len(err) == 1 and err[0].startswith(f"partune-fit: error: {csv}: ")
     assert out.read_text() == "old\n"
+
+
+@pytest.mark.parametrize("flag, header", [
+    ("--host-layers", "experts_impl,tokens,layers,wall_s,gpu_busy_s,ops,wall_s"),
+    ("--gemm", "m,k,n,time_s,m"),
+])
+def test_a_measurement_csv_with_a_column_twice_is_one_line(tmp_path, good, capsys, flag,
+                                                           header):
+    """pandas would rename the second column ('wall_s.1') and fit the first, silently."""
+    csv = tmp_path / "twice.csv"
+    csv.write_text(header + "\n")
+    code, err = fit_cli(capsys, good, "-o", tmp_path / "c.json", flag, csv)
+    twice = header.rsplit(",", 1)[1]
+    assert code == 2 and err == [f"partune-fit: error: {csv}: column {twice} appears twice in "
+                                 "the header (only one can count); keep one"]
+    assert not (tmp_path / "c.json").exists()
