@@ -139,9 +139,11 @@ def test_overhead_tool_times_the_suite_and_both_bare_loops():
     assert [int(r[0]) for r in rows] == [4096, 65536]
     for size, suite, isolated, back2back, r_iso, r_b2b in (map(float, r) for r in rows):
         assert min(suite, isolated, back2back) > 0
-        # one round: the median of the rounds' ratios is that round's ratio
-        assert r_iso == pytest.approx(suite / isolated, rel=0.02)  # printed to 0.1 us
-        assert r_b2b == pytest.approx(suite / back2back, rel=0.02)
+        # one round: the median of the rounds' ratios is that round's ratio, up to the
+        # printing (times to 0.1 us, a few us each here; ratios to 0.001)
+        for ratio, other in ((r_iso, isolated), (r_b2b, back2back)):
+            low, high = (suite - 0.05) / (other + 0.05), (suite + 0.05) / (other - 0.05)
+            assert low - 0.0005 <= ratio <= high + 0.0005, (suite, other, ratio)
 
 
 def test_nccl_without_gpus_is_one_line(tmp_path):
