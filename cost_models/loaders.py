@@ -18,6 +18,7 @@ Units are in the key names (bytes, bytes_per_s, latency_s, flops = FLOP/s). "pro
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -116,7 +117,10 @@ def _read_mapping(path: Path) -> dict:
     return _require_mapping(data, str(path))
 
 
-def _parse_yaml(path: Path, text: str) -> object:
+@functools.cache
+def _unique_key_loader() -> type:
+    """PyYAML's SafeLoader refusing a key given twice in one mapping (DuplicateKey); built on
+    first use so that planning without YAML files never imports yaml."""
     import yaml
 
     class UniqueKeyLoader(yaml.SafeLoader):
@@ -125,8 +129,14 @@ def _parse_yaml(path: Path, text: str) -> object:
             unique_keys([(key, None) for key in keys if isinstance(key, Hashable)])
             return super().construct_mapping(node, deep=deep)
 
+    return UniqueKeyLoader
+
+
+def _parse_yaml(path: Path, text: str) -> object:
+    import yaml
+
     try:
-        return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+        return yaml.load(text, Loader=_unique_key_loader())  # noqa: S506 (a SafeLoader)
     except DuplicateKey as error:
         raise SpecError(error.line(str(path), "a model or cluster file is a flat object")
                         ) from None
